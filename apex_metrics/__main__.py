@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from apex_metrics.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""One typed settings object, read from ``APEX_*`` environment variables, ``.env.local``, ``.env``.
+
+Precedence (highest first): the process environment, ``.env.local``, ``.env``, the defaults below.
+Secrets are ``SecretStr``: their ``repr`` and ``str`` print ``**********``, never the value.
+CLI flags default to these values; ``docs/configuration.md`` lists every field (a test keeps
+the two in step).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from apex_metrics.exceptions import ConfigError
+
+ENV_PREFIX = "APEX_"
+
+
+class Settings(BaseSettings):
+    """Every setting of apex-metrics. Field ``x`` is read from ``APEX_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=(".env", ".env.local"),  # later files win: .env.local overrides .env
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- PostgreSQL -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL connection string, e.g. postgresql://user@host:5432/dbname",
+    )
+
+    # --- Dataverse and Entra ID ---------------------------------------------------------------
+    dataverse_url: str | None = Field(
+        default=None,
+        description="Dataverse environment URL, e.g. https://org.crm.dynamics.com "
+        "(the local emulator: http://127.0.0.1:8765)",
+    )
+    tenant_id: str | None = Field(default=None, description="Entra ID tenant (directory) id")
+    client_id: str | None = Field(default=None, description="App registration (client) id")
+    client_secret: SecretStr | None = Field(default=None, description="App client secret")
+    client_certificate: Path | None = Field(
+        default=None,
+        description="PEM file with the app's certificate and private key (instead of a secret)",
+    )
+    authority_host: str = Field(
+        default="https://login.microsoftonline.com",
+        description="Token authority; the local emulator is its own authority (same URL as "
+        "APEX_DATAVERSE_URL)",
+    )
+    ca_bundle: Path | None = Field(
+        default=None, description="Extra CA file to trust (e.g. the https emulator's test CA)"
+    )
+
+    # --- Sync engine --------------------------------------------------------------------------
+    sync_poll_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between polls when no NOTIFY arrives"
+    )
+    sync_batch_size: int = Field(
+        default=1000, ge=1, le=1000, description="Rows per claimed batch (one $batch request)"
+    )
+    sync_max_attempts: int = Field(
+        default=10, ge=1, description="Delivery attempts before a row is dead-lettered"
+    )
+    sync_lease_seconds: float = Field(
+        default=60.0, gt=0, description="How long a claim holds rows before another worker may"
+    )
+    sync_run_retention_days: int = Field(
+        default=30, ge=1, description="Days of sync run history to keep"
+    )
+
+    # --- Panel and logs -----------------------------------------------------------------------
+    panel_token: SecretStr | None = Field(
+        default=None, description="Token required by the panel (mandatory off loopback)"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log format")
+
+    def require(self, field: str) -> str:
+        """Return a setting's value, or fail with one line naming its env var."""
+        value = getattr(self, field)
+        if value is None or value == "":
+            raise ConfigError(
+                f"{env_name(field)} is not set",
+                hint=f"export {env_name(field)}=… or put it in .env.local",
+            )
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return str(value)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that feeds ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings() -> Settings:
+    """Read the settings now; an invalid value fails with one line naming its env var."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise ConfigError(f"{env_name(field)}: {first['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return load_settings()

@@ -169,7 +169,7 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(
                 f"the account '{SYSTEM_USER}' cannot reach {self.base_dir} ({blocked[0]} is "
                 "not searchable by others); the demo changes no permissions outside its folder",
-                hint="use a demo folder under a searchable path, e.g. --data-dir /var/tmp/apex-demo",
+                hint="use a folder under a searchable path, e.g. --data-dir /var/tmp/apex-demo",
             )
         self.base_dir.chmod(0o755)
         local = self.base_dir / "pginstall"

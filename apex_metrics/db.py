@@ -1,0 +1,292 @@
+"""PostgreSQL access: connections and pools whose failures read as one clear line, and migrations.
+
+Every psycopg connection error is wrapped here, at one boundary, into the ``DatabaseError`` tree
+of :mod:`apex_metrics.exceptions` (the psycopg error stays as ``__cause__``)::
+
+    DatabaseUnreachable   nothing answers at host:port (down, wrong host or port)
+    └── DatabaseRefused   something drops or resets the connection: a firewall or an IP allow list
+    DatabaseAuthFailed    wrong user or password, or no pg_hba.conf entry for this client
+    DatabaseMissing       the database named in the URL does not exist
+    SchemaNotMigrated     ``apex-metrics db migrate`` has not been run (or not since an upgrade)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, conninfo
+from psycopg.errors import Diagnostic, UndefinedTable
+from psycopg_pool import AsyncConnectionPool
+
+from apex_metrics.exceptions import (
+    DatabaseAuthFailed,
+    DatabaseError,
+    DatabaseMissing,
+    DatabaseUnreachable,
+    SchemaNotMigrated,
+)
+from apex_metrics.settings import get_settings
+from apex_metrics.sql import load_migrations, load_queries
+
+DEFAULT_CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise (?connect_timeout=N)
+
+Q = load_queries("queries.sql")
+
+
+class DatabaseRefused(DatabaseUnreachable):
+    """PostgreSQL's address answered, then the connection was dropped or reset."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Where we connect, and what went wrong
+
+
+def database_url(url: str | None = None) -> str:
+    """The given URL, else ``APEX_DATABASE_URL`` (failing with one line naming it)."""
+    return url if url else get_settings().require("database_url")
+
+
+def describe(url: str) -> str:
+    """``host:port/dbname`` of a connection string, for messages (never the password)."""
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "?"
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or params.get("user") or "")
+    return f"{host}:{port}/{dbname}"
+
+
+def wrap_connect_error(exc: Exception, url: str) -> DatabaseError:
+    """Turn a psycopg connection failure into one line saying what, where, and what to check."""
+    target = describe(url)
+    host = target.split("/", 1)[0]
+    dbname = target.split("/", 1)[1] if "/" in target else ""
+    text = str(exc)
+    low = text.lower()
+    if isinstance(exc, psycopg.ProgrammingError):
+        return DatabaseError(
+            "the PostgreSQL URL is not valid",
+            hint="use postgresql://user[:password]@host:port/dbname in APEX_DATABASE_URL",
+        )
+    if "does not exist" in low and "database" in low:
+        return DatabaseMissing(
+            f"PostgreSQL at {host} has no database {dbname!r}",
+            hint="create it (createdb) or fix the database name in APEX_DATABASE_URL",
+        )
+    if "no pg_hba.conf entry" in low:
+        return DatabaseAuthFailed(
+            f"PostgreSQL at {host} does not allow this client (no pg_hba.conf entry)",
+            hint="add this machine's address to the server's allow list / pg_hba.conf",
+        )
+    if (
+        "password authentication failed" in low
+        or "no password supplied" in low
+        or ("role" in low and "does not exist" in low)
+    ):
+        return DatabaseAuthFailed(
+            f"PostgreSQL at {host} rejected the user name or password",
+            hint="check the user and password in APEX_DATABASE_URL",
+        )
+    if "authentication" in low or "password" in low:
+        return DatabaseAuthFailed(
+            f"PostgreSQL at {host} refused the credentials",
+            hint="check the user and password in APEX_DATABASE_URL",
+        )
+    if "timeout" in low or "timed out" in low:
+        return DatabaseRefused(
+            f"no answer from PostgreSQL at {host} (connection timed out)",
+            hint="a firewall or the server's IP allow list may be dropping this client; "
+            "check the host, port and the allowed addresses",
+        )
+    if "reset by peer" in low or "closed the connection unexpectedly" in low or "eof" in low:
+        return DatabaseRefused(
+            f"PostgreSQL at {host} dropped the connection",
+            hint="a firewall or the server's IP allow list may be refusing this client, or this "
+            "is not a PostgreSQL port",
+        )
+    if "translate host name" in low or "name or service not known" in low:
+        return DatabaseUnreachable(
+            f"cannot resolve the PostgreSQL host {host.rsplit(':', 1)[0]!r}",
+            hint="check the host name in APEX_DATABASE_URL",
+        )
+    if "refused" in low or "no route to host" in low or "unreachable" in low:
+        return DatabaseUnreachable(
+            f"cannot reach PostgreSQL at {host} (connection refused)",
+            hint="check that PostgreSQL is running and the host and port in APEX_DATABASE_URL",
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return DatabaseUnreachable(
+        f"cannot connect to PostgreSQL at {host}: {first}",
+        hint="check APEX_DATABASE_URL and that the server is up",
+    )
+
+
+async def connect(url: str | None = None, *, autocommit: bool = False) -> AsyncConnection[Any]:
+    """Open one connection (autocommit off unless asked); failures raise a ``DatabaseError``."""
+    url = database_url(url)
+    kwargs: dict[str, Any] = {"autocommit": autocommit}
+    try:
+        if "connect_timeout" not in conninfo.conninfo_to_dict(url):
+            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        return await AsyncConnection.connect(url, **kwargs)
+    except psycopg.Error as exc:
+        raise wrap_connect_error(exc, url) from exc
+
+
+@asynccontextmanager
+async def open_pool(
+    url: str | None = None, *, min_size: int = 1, max_size: int = 10, check_schema: bool = True
+) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
+    """An open pool for the block's duration. One trial connection first, so that a bad URL or a
+    missing schema fails with one clear line instead of a pool timeout."""
+    url = database_url(url)
+    async with await connect(url) as conn:
+        if check_schema:
+            await ensure_migrated(conn)
+    kwargs: dict[str, Any] = {}
+    if "connect_timeout" not in conninfo.conninfo_to_dict(url):
+        kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs=kwargs,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        name="apex-metrics",
+    )
+    try:
+        await pool.open(wait=True, timeout=DEFAULT_CONNECT_TIMEOUT + 5)
+    except psycopg.Error as exc:
+        raise wrap_connect_error(exc, url) from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Migrations
+
+
+def latest_version() -> int:
+    migrations = load_migrations()
+    return migrations[-1].version if migrations else 0
+
+
+async def schema_version(conn: AsyncConnection[Any]) -> int:
+    """The highest applied migration (0 when the database was never migrated)."""
+    try:
+        async with conn.transaction():
+            cur = await conn.execute(Q["schema_version"])
+            row = await cur.fetchone()
+    except UndefinedTable:
+        return 0
+    return int(row[0]) if row else 0
+
+
+async def ensure_migrated(conn: AsyncConnection[Any], needed: int | None = None) -> None:
+    """Raise ``SchemaNotMigrated`` unless every migration this code knows has been applied."""
+    needed = latest_version() if needed is None else needed
+    have = await schema_version(conn)
+    if have < needed:
+        where = describe_conn(conn)
+        state = "has no apex-metrics schema" if have == 0 else f"is at schema version {have}"
+        raise SchemaNotMigrated(f"the database {where} {state}; this apex-metrics needs {needed}")
+
+
+def describe_conn(conn: AsyncConnection[Any]) -> str:
+    info = conn.info
+    return f"{info.host}:{info.port}/{info.dbname}"
+
+
+@dataclass
+class MigrationReport:
+    """What ``migrate`` did: files applied now, files found already applied, server notices."""
+
+    database: str
+    applied: list[str] = field(default_factory=list)
+    already_applied: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        names = self.applied + self.already_applied
+        return max((int(n[:4]) for n in names), default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "version": self.version,
+            "applied": self.applied,
+            "already_applied": self.already_applied,
+            "notices": self.notices,
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"apply {name}" for name in self.applied]
+        out += [f"  {notice}" for notice in self.notices]
+        if self.applied:
+            out.append(f"{self.database}: schema now at version {self.version}")
+        else:
+            out.append(
+                f"{self.database}: schema up to date (version {self.version}), nothing to do"
+            )
+        return out
+
+
+def checksum(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()
+
+
+async def migrate(url: str | None = None) -> MigrationReport:
+    """Apply every migration not yet recorded, in order, each in its own transaction, under an
+    advisory lock (so two migrators at once are safe: the second finds nothing to do)."""
+    url = database_url(url)
+    report = MigrationReport(database=describe(url))
+
+    def on_notice(diag: Diagnostic) -> None:
+        message = diag.message_primary or ""
+        if message and not message.endswith(", skipping"):
+            report.notices.append(message)
+
+    async with await connect(url, autocommit=True) as conn:
+        await conn.execute(Q["migrate_lock"])
+        try:
+            await conn.execute(Q["create_migrations_table"])
+            cur = await conn.execute(Q["applied_migrations"])
+            done = {int(row[0]) for row in await cur.fetchall()}
+            conn.add_notice_handler(on_notice)
+            for migration in load_migrations():
+                if migration.version in done:
+                    report.already_applied.append(migration.name)
+                    continue
+                try:
+                    async with conn.transaction():
+                        await conn.execute(migration.sql)
+                        await conn.execute(
+                            Q["record_migration"],
+                            {
+                                "version": migration.version,
+                                "name": migration.name,
+                                "checksum": checksum(migration.sql),
+                            },
+                        )
+                except psycopg.Error as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    raise DatabaseError(
+                        f"migration {migration.name} failed on {report.database}: {first}",
+                        hint="nothing of this migration was applied; fix the cause and re-run",
+                    ) from exc
+                report.applied.append(migration.name)
+        finally:
+            if not conn.closed:
+                await conn.execute(Q["migrate_unlock"])
+    return report

@@ -1,0 +1,477 @@
+"""The Dataverse Web API client: the operations apex-metrics needs, over an injected httpx client.
+
+Every request goes through :meth:`DataverseClient.request`, which adds the OData headers and
+the bearer token (only for the environment's own origin), obeys :class:`FlowControl` (global
+pause on 429, AIMD concurrency capped by ``x-ms-dop-hint``), retries what is safe to retry and
+turns failures into :mod:`apex_metrics.dataverse.errors`. Nothing here logs a header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+
+from apex_metrics.dataverse import aggregate as agg
+from apex_metrics.dataverse.auth import TokenProvider
+from apex_metrics.dataverse.errors import (
+    AggregateLimitExceeded,
+    DataverseError,
+    InsecureTransport,
+    NotFound,
+    Throttled,
+    TokenRejected,
+    error_for_status,
+    error_from_response,
+    error_from_transport,
+    parse_error_body,
+)
+from apex_metrics.dataverse.flow import FlowControl, RetryPolicy
+from apex_metrics.dataverse.multipart import (
+    BatchPart,
+    MultipartError,
+    decode_batch_response,
+    encode_batch_request,
+    flatten_responses,
+)
+from apex_metrics.dataverse.urls import API_PATH, check_url, key_path, same_origin
+
+log = logging.getLogger(__name__)
+
+UpsertMode = Literal["upsert", "create", "update"]
+Outcome = Literal["created", "updated", "upserted", "failed"]
+MAX_BATCH = 1000
+MAX_PAGE_SIZE = 5000
+ODATA_HEADERS = {
+    "Accept": "application/json",
+    "OData-MaxVersion": "4.0",
+    "OData-Version": "4.0",
+}
+# Errors that say nothing was executed: safe to re-send any request after them.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertOutcome:
+    """What happened to one row of an upsert.
+
+    ``outcome`` is ``upserted`` only when the server did not say whether it created or updated.
+    """
+
+    key: str
+    status: int
+    outcome: Outcome
+    code: str = ""
+    message: str = ""
+    transient: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAmI:
+    user_id: str
+    business_unit_id: str
+    organization_id: str
+    dop_hint: int | None
+    environment_url: str
+
+
+class DataverseClient:
+    """Web API v9.2 of one environment. ``http`` is owned by the caller."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        environment_url: str,
+        tokens: TokenProvider,
+        *,
+        flow: FlowControl | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 120.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.http = http
+        self.environment_url = check_url(environment_url, what="APEX_DATAVERSE_URL")
+        self.api_url = self.environment_url + API_PATH
+        self.tokens = tokens
+        self.flow = flow or FlowControl()
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.dop_hint: int | None = None
+        self._rng = rng or random.Random()
+
+    # -- the one request path ----------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        """An absolute URL for a path relative to ``/api/data/v9.2/``."""
+        return path if path.startswith(("http://", "https://")) else self.api_url + path
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        what: str | None = None,
+    ) -> httpx.Response:
+        """Send one request with retries; return the 2xx/3xx answer or raise a DataverseError."""
+        method = method.upper()
+        url = self.url(path)
+        if not same_origin(url, self.environment_url):
+            raise InsecureTransport(
+                f"refused to send the token to {httpx.URL(url).host}: not the environment's host",
+                hint="only APEX_DATAVERSE_URL's host receives the bearer token",
+            )
+        if idempotent is None:
+            idempotent = method != "POST"
+        what = what or f"{method} {httpx.URL(url).path}"
+        send_headers = dict(ODATA_HEADERS)
+        if method == "GET":
+            send_headers["If-None-Match"] = "null"
+        if json_body is not None:
+            content = json.dumps(json_body, separators=(",", ":")).encode()
+            send_headers["Content-Type"] = "application/json"
+        send_headers.update(headers or {})
+        attempt = throttles = 0
+        token_refreshed = False
+        while True:
+            attempt += 1
+            sent = True
+            async with self.flow.slot():
+                token = await self.tokens.token()
+                send_headers["Authorization"] = f"Bearer {token}"
+                started = time.monotonic()
+                try:
+                    response = await self.http.request(
+                        method,
+                        url,
+                        params=params,
+                        content=content,
+                        headers=send_headers,
+                        timeout=self.timeout,
+                    )
+                except httpx.TransportError as exc:
+                    error: DataverseError = error_from_transport(exc, what=what)
+                    sent = not isinstance(exc, _NOT_SENT)
+                else:
+                    self._observe(response)
+                    log.debug(
+                        "%s %s -> %s in %.0f ms",
+                        method,
+                        httpx.URL(url).path,
+                        response.status_code,
+                        (time.monotonic() - started) * 1000,
+                    )
+                    if not response.is_error:
+                        self.flow.succeeded()
+                        return response
+                    error = error_from_response(response, what=what)
+            if isinstance(error, Throttled):
+                # A throttled request was not executed, so every method may be re-sent.
+                self.flow.throttled(error.retry_after)
+                throttles += 1
+                attempt -= 1
+                if throttles > self.retry.max_throttled:
+                    raise error
+                log.info("throttled: pausing all requests for %.1f s", error.retry_after)
+                continue
+            if isinstance(error, TokenRejected) and not token_refreshed:
+                invalidate = getattr(self.tokens, "invalidate", None)
+                if callable(invalidate):
+                    invalidate()
+                    token_refreshed = True
+                    attempt -= 1
+                    continue
+            if self.retry.should_retry(
+                attempt=attempt, transient=error.transient, idempotent=idempotent, sent=sent
+            ):
+                self.flow.stats.retries += 1
+                wait = self.retry.backoff(attempt, self._rng)
+                log.info("%s failed (%s); retry %d in %.2f s", what, error.message, attempt, wait)
+                await self.flow.backoff(wait)
+                continue
+            if error.transient and not idempotent and sent:
+                error.hint = (
+                    "not retried automatically: the server may have executed it; check before "
+                    "sending it again"
+                )
+            raise error
+
+    def _observe(self, response: httpx.Response) -> None:
+        hint = response.headers.get("x-ms-dop-hint")
+        if hint and hint.strip().isdigit():
+            self.dop_hint = int(hint)
+            self.flow.hint(self.dop_hint)
+
+    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        response = await self.request("GET", path, params=params)
+        return response.json()
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def whoami(self) -> WhoAmI:
+        """``GET WhoAmI``: proves the token and the application user; reads ``x-ms-dop-hint``."""
+        data = await self.get_json("WhoAmI")
+        return WhoAmI(
+            user_id=str(data.get("UserId", "")),
+            business_unit_id=str(data.get("BusinessUnitId", "")),
+            organization_id=str(data.get("OrganizationId", "")),
+            dop_hint=self.dop_hint,
+            environment_url=self.environment_url,
+        )
+
+    async def create(self, entity_set: str, body: Mapping[str, Any]) -> str:
+        """POST a new row; returns its ``OData-EntityId``. Never retried once possibly sent."""
+        response = await self.request("POST", entity_set, json_body=dict(body), idempotent=False)
+        return str(response.headers.get("OData-EntityId", ""))
+
+    async def upsert(
+        self,
+        entity_set: str,
+        key: Mapping[str, str],
+        body: Mapping[str, Any],
+        mode: UpsertMode = "upsert",
+    ) -> UpsertOutcome:
+        """PATCH by alternate key: ``upsert`` (create or update), ``create`` only, ``update`` only.
+
+        Raises :class:`PreconditionFailed` when ``create`` finds the row, :class:`NotFound`
+        when ``update`` does not. Create-only is not retried after an unknown outcome (a
+        re-send would answer 412 for the row it created itself).
+        """
+        path = key_path(entity_set, key)
+        headers = {"Prefer": "return=representation"}
+        if mode == "create":
+            headers["If-None-Match"] = "*"
+        elif mode == "update":
+            headers["If-Match"] = "*"
+        response = await self.request(
+            "PATCH",
+            path,
+            params={"$select": next(iter(key))},
+            json_body=_without_keys(body, key),
+            headers=headers,
+            idempotent=mode != "create",
+        )
+        return UpsertOutcome(_key_text(key), response.status_code, _outcome(response.status_code))
+
+    async def get_by_key(
+        self,
+        entity_set: str,
+        key: Mapping[str, str],
+        *,
+        select: Sequence[str] | None = None,
+    ) -> dict[str, Any] | None:
+        """One row by (alternate) key, or None when it does not exist."""
+        params = {"$select": ",".join(select)} if select else None
+        try:
+            data = await self.get_json(key_path(entity_set, key), params)
+        except NotFound:
+            return None
+        return dict(data)
+
+    async def delete(self, entity_set: str, key: Mapping[str, str]) -> bool:
+        """Delete by key; False when there was no such row."""
+        try:
+            await self.request("DELETE", key_path(entity_set, key))
+        except NotFound:
+            return False
+        return True
+
+    async def query(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None = None,
+        filter: str | None = None,
+        orderby: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every matching row, page by page (``odata.maxpagesize``, ``@odata.nextLink``)."""
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1…{MAX_PAGE_SIZE}")
+        params: dict[str, str] = {}
+        if select:
+            params["$select"] = ",".join(select)
+        if filter:
+            params["$filter"] = filter
+        if orderby:
+            params["$orderby"] = orderby
+        headers = {"Prefer": f"odata.maxpagesize={page_size}"}
+        url: str | None = self.url(entity_set)
+        seen: set[str] = set()
+        first = True
+        while url is not None:
+            response = await self.request(
+                "GET", url, params=params if first else None, headers=headers
+            )
+            first = False
+            data = response.json()
+            for row in data.get("value", []):
+                yield row
+            url = data.get("@odata.nextLink")
+            if url is None:
+                return
+            if not same_origin(url, self.environment_url):
+                raise InsecureTransport(
+                    f"@odata.nextLink points to another host ({httpx.URL(url).host}); refused",
+                    hint="the bearer token is only sent to APEX_DATAVERSE_URL's host",
+                )
+            if url in seen:
+                raise DataverseError(f"{entity_set}: the server repeated a nextLink; stopped")
+            seen.add(url)
+
+    async def aggregate(
+        self,
+        entity_set: str,
+        apply: str,
+        *,
+        time_column: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """``$apply`` rows. With a time range, a 0x8004E023 answer splits it and combines."""
+        if time_column is None or start is None or end is None:
+            data = await self.get_json(entity_set, {"$apply": apply})
+            return list(data.get("value", []))
+        return await self._aggregate_range(entity_set, apply, time_column, start, end, 0)
+
+    async def _aggregate_range(
+        self, entity_set: str, apply: str, column: str, start: datetime, end: datetime, depth: int
+    ) -> list[dict[str, Any]]:
+        try:
+            data = await self.get_json(
+                entity_set, {"$apply": agg.with_time_range(apply, column, start, end)}
+            )
+            return list(data.get("value", []))
+        except AggregateLimitExceeded:
+            agg.check_combinable(apply)
+            if depth >= 24:
+                raise
+        parts = []
+        for low, high in agg.split_range(start, end):
+            parts.append(
+                await self._aggregate_range(entity_set, apply, column, low, high, depth + 1)
+            )
+        return agg.combine(apply, parts)
+
+    async def upsert_many(
+        self,
+        entity_set: str,
+        key_column: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+    ) -> list[UpsertOutcome]:
+        """Upsert rows by alternate key through ``$batch`` (≤ 1,000 per batch, continue-on-error).
+
+        Returns one outcome per item, in order. Rows that fail carry the Dataverse code and
+        message; the batch as a whole only raises when no row could be attempted.
+        """
+        outcomes: list[UpsertOutcome] = []
+        for start in range(0, len(items), MAX_BATCH):
+            outcomes.extend(
+                await self._upsert_batch(entity_set, key_column, items[start : start + MAX_BATCH])
+            )
+        return outcomes
+
+    async def _upsert_batch(
+        self,
+        entity_set: str,
+        key_column: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+    ) -> list[UpsertOutcome]:
+        if not items:
+            return []
+        parts = []
+        for key_value, body in items:
+            path = key_path(entity_set, {key_column: key_value})
+            payload = json.dumps(
+                _without_keys(body, {key_column: key_value}), separators=(",", ":")
+            ).encode()
+            parts.append(
+                BatchPart(
+                    "PATCH",
+                    f"{self.api_url}{path}?$select={key_column}",
+                    {
+                        "Content-Type": "application/json; type=entry",
+                        "Prefer": "return=representation",
+                    },
+                    payload,
+                )
+            )
+        content, content_type = encode_batch_request(parts)
+        response = await self.request(
+            "POST",
+            "$batch",
+            content=content,
+            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+            idempotent=True,  # every part is a PATCH upsert: re-sending converges
+            what=f"$batch of {len(items)} upserts to {entity_set}",
+        )
+        try:
+            answers = flatten_responses(
+                decode_batch_response(response.content, response.headers.get("Content-Type"))
+            )
+        except MultipartError as exc:
+            raise DataverseError(f"$batch answer could not be read: {exc}") from exc
+        if len(answers) != len(items):
+            message = f"$batch answered {len(answers)} responses for {len(items)} requests"
+            return [
+                UpsertOutcome(k, response.status_code, "failed", "", message, True)
+                for k, _ in items
+            ]
+        outcomes = []
+        for (key_value, _body), answer in zip(items, answers, strict=True):
+            if answer.ok:
+                outcomes.append(UpsertOutcome(key_value, answer.status, _outcome(answer.status)))
+                continue
+            code, message = parse_error_body(answer.body)
+            error = error_for_status(
+                answer.status,
+                code,
+                message,
+                what=f"{key_column}={key_value}",
+                retry_after=answer.header("Retry-After"),
+            )
+            outcomes.append(
+                UpsertOutcome(
+                    key_value,
+                    answer.status,
+                    "failed",
+                    code,
+                    message or error.message,
+                    error.transient,
+                )
+            )
+        return outcomes
+
+
+def _outcome(status: int) -> Outcome:
+    if status == 201:
+        return "created"
+    if status == 200:
+        return "updated"
+    return "upserted"
+
+
+def _without_keys(body: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:
+    """The body without key columns: Dataverse strips or mismatches them (use-upsert page)."""
+    return {k: v for k, v in body.items() if k not in key}
+
+
+def _key_text(key: Mapping[str, str]) -> str:
+    if len(key) == 1:
+        return str(next(iter(key.values())))
+    return ",".join(f"{k}={v}" for k, v in key.items())

@@ -1,0 +1,185 @@
+"""Unit tests of upsert_many: the $batch request we send and how answers map back to rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+
+from apex_metrics.dataverse.client import DataverseClient
+from apex_metrics.dataverse.multipart import (
+    BatchPart,
+    BatchResponseItem,
+    decode_batch_request,
+    encode_batch_response,
+)
+
+MakeClient = Callable[..., DataverseClient]
+
+# A continue-on-error answer shaped like the documentation's examples (execute-batch-operations):
+# a new "batchresponse_" boundary, 204 with OData-EntityId for writes, an inline JSON error for the
+# failed request, and LF line endings as some servers and proxies produce.
+DOC_STYLE_ANSWER = (
+    "--batchresponse_c1bd45c1-dd81-470d-b897-e965846aad2f\n"
+    "Content-Type: application/http\n"
+    "Content-Transfer-Encoding: binary\n"
+    "\n"
+    "HTTP/1.1 204 No Content\n"
+    "OData-Version: 4.0\n"
+    "Location: [Organization URI]/api/data/v9.2/apex_campaignmetricses(apex_runid='a')\n"
+    "OData-EntityId: [Organization URI]/api/data/v9.2/apex_campaignmetricses(apex_runid='a')\n"
+    "\n"
+    "\n"
+    "--batchresponse_c1bd45c1-dd81-470d-b897-e965846aad2f\n"
+    "Content-Type: application/http\n"
+    "Content-Transfer-Encoding: binary\n"
+    "\n"
+    "HTTP/1.1 400 Bad Request\n"
+    "REQ_ID: 5ecd1cb3-1730-4ffc-909c-d44c22270026\n"
+    "Content-Type: application/json; odata.metadata=minimal\n"
+    "OData-Version: 4.0\n"
+    "\n"
+    '{"error":{"code":"0x80044331","message":"A validation error occurred. The length of the '
+    "'apex_phase' attribute of the 'apex_campaignmetrics' entity exceeded the maximum allowed "
+    "length of '16'.\"}}\n"
+    "--batchresponse_c1bd45c1-dd81-470d-b897-e965846aad2f\n"
+    "Content-Type: application/http\n"
+    "Content-Transfer-Encoding: binary\n"
+    "\n"
+    "HTTP/1.1 201 Created\n"
+    "Content-Type: application/json; odata.metadata=minimal\n"
+    "OData-Version: 4.0\n"
+    "\n"
+    '{"@odata.etag":"W/\\"1\\"","apex_runid":"c"}\n'
+    "--batchresponse_c1bd45c1-dd81-470d-b897-e965846aad2f--\n"
+)
+
+
+async def test_batch_request_shape(mock_client: MakeClient) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        parts = decode_batch_request(request.content, request.headers["Content-Type"])
+        answers = [BatchResponseItem(200 if i % 2 else 201, {}, b"{}") for i in range(len(parts))]
+        body, content_type = encode_batch_response(answers)
+        return httpx.Response(200, content=body, headers={"Content-Type": content_type})
+
+    client = mock_client(handler)
+    items = [(f"run-{i}", {"apex_runid": f"run-{i}", "apex_tokensin": i}) for i in range(3)]
+    items.append(("it's", {"apex_tokensin": 9}))
+    outcomes = await client.upsert_many("apex_campaignmetricses", "apex_runid", items)
+    assert [o.outcome for o in outcomes] == ["created", "updated", "created", "updated"]
+    assert [o.key for o in outcomes] == ["run-0", "run-1", "run-2", "it's"]
+    request = seen[0]
+    assert request.method == "POST" and request.url.path == "/api/data/v9.2/$batch"
+    assert request.headers["Prefer"] == "odata.continue-on-error"
+    assert request.headers["Content-Type"].startswith("multipart/mixed; boundary=")
+    assert b"\r\n" in request.content, "CRLF line endings"
+    parts = decode_batch_request(request.content, request.headers["Content-Type"])
+    assert all(isinstance(p, BatchPart) and p.method == "PATCH" for p in parts)
+    first = parts[0]
+    assert isinstance(first, BatchPart)
+    assert first.url.endswith(
+        "/api/data/v9.2/apex_campaignmetricses(apex_runid='run-0')?$select=apex_runid"
+    )
+    assert first.header("Prefer") == "return=representation"
+    assert first.json() == {"apex_tokensin": 0}, "no key column in the body"
+    last = parts[3]
+    assert isinstance(last, BatchPart) and "(apex_runid='it''s')" in last.url
+
+
+async def test_partial_failure_maps_to_the_right_rows(mock_client: MakeClient) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            content=DOC_STYLE_ANSWER.encode(),
+            headers={
+                "Content-Type": "multipart/mixed; boundary="
+                + "batchresponse_c1bd45c1-dd81-470d-b897-e965846aad2f"
+            },
+        )
+
+    client = mock_client(handler)
+    outcomes = await client.upsert_many(
+        "apex_campaignmetricses",
+        "apex_runid",
+        [("a", {}), ("b", {"apex_phase": "x" * 17}), ("c", {})],
+    )
+    a, b, c = outcomes
+    assert (a.key, a.status, a.outcome) == ("a", 204, "upserted")
+    assert (b.key, b.status, b.outcome, b.code) == ("b", 400, "failed", "0x80044331")
+    assert "apex_phase" in b.message and not b.transient
+    assert (c.key, c.status, c.outcome) == ("c", 201, "created")
+
+
+async def test_inner_throttle_and_server_errors_are_transient_rows(mock_client: MakeClient) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        err = json.dumps(
+            {"error": {"code": "0x80072322", "message": "Number of requests exceeded"}}
+        )
+        answers = [
+            BatchResponseItem(204),
+            BatchResponseItem(429, {"Retry-After": "5"}, err.encode()),
+            BatchResponseItem(503, {}, b""),
+            BatchResponseItem(
+                412, {}, b'{"error":{"code":"0x80060892","message":"Entity Key violated"}}'
+            ),
+        ]
+        body, content_type = encode_batch_response(answers)
+        return httpx.Response(200, content=body, headers={"Content-Type": content_type})
+
+    outcomes = await mock_client(handler).upsert_many("s", "k", [(str(i), {}) for i in range(4)])
+    assert [o.transient for o in outcomes] == [False, True, True, False]
+    assert [o.ok for o in outcomes] == [True, False, False, False]
+    assert outcomes[3].code == "0x80060892"
+
+
+async def test_whole_batch_throttled_is_retried_after_the_pause(mock_client: MakeClient) -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(
+                429,
+                headers={"Retry-After": "0"},
+                json={"error": {"code": "0x80072322", "message": "x"}},
+            )
+        if calls == 2:
+            raise httpx.RemoteProtocolError("peer closed connection")
+        parts = decode_batch_request(request.content, request.headers["Content-Type"])
+        body, content_type = encode_batch_response([BatchResponseItem(200) for _ in parts])
+        return httpx.Response(200, content=body, headers={"Content-Type": content_type})
+
+    client = mock_client(handler)
+    outcomes = await client.upsert_many("s", "k", [("a", {}), ("b", {})])
+    assert calls == 3 and [o.outcome for o in outcomes] == ["updated", "updated"]
+
+
+async def test_more_than_1000_rows_go_in_several_batches(mock_client: MakeClient) -> None:
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        parts = decode_batch_request(request.content, request.headers["Content-Type"])
+        sizes.append(len(parts))
+        body, content_type = encode_batch_response([BatchResponseItem(201) for _ in parts])
+        return httpx.Response(200, content=body, headers={"Content-Type": content_type})
+
+    outcomes = await mock_client(handler).upsert_many(
+        "s", "k", [(f"r{i}", {}) for i in range(2001)]
+    )
+    assert sizes == [1000, 1000, 1]
+    assert len(outcomes) == 2001 and outcomes[-1].key == "r2000"
+
+
+async def test_mismatched_answer_count_fails_every_row_transiently(mock_client: MakeClient) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body, content_type = encode_batch_response([BatchResponseItem(204)])
+        return httpx.Response(200, content=body, headers={"Content-Type": content_type})
+
+    outcomes = await mock_client(handler).upsert_many("s", "k", [("a", {}), ("b", {})])
+    assert [o.outcome for o in outcomes] == ["failed", "failed"]
+    assert all(o.transient for o in outcomes)

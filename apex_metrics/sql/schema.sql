@@ -134,6 +134,43 @@ WHERE exported_version < version;
 -- sync engine (0002_*)
 -- ============================================================================================
 
+-- Bookkeeping on the row (none of it bumps version) and the run history; see 0002_sync.sql.
+ALTER TABLE campaign_metrics
+    ADD COLUMN sync_lease_owner text,
+    ADD COLUMN sync_lease_until timestamptz,
+    ADD COLUMN sync_attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN sync_attempt_version bigint NOT NULL DEFAULT 0,
+    ADD COLUMN sync_next_attempt_at timestamptz,
+    ADD COLUMN sync_dead_version bigint NOT NULL DEFAULT 0,
+    ADD COLUMN sync_last_error_code text,
+    ADD COLUMN sync_last_error text,
+    ADD COLUMN sync_last_error_at timestamptz;
+
+-- The claim scans idx_campaign_metrics_pending (0001): pending rows in id order.
+
+-- Recent errors for `sync status` (only rows that ever failed are indexed).
+CREATE INDEX idx_campaign_metrics_sync_errors
+    ON campaign_metrics (sync_last_error_at DESC)
+    WHERE sync_last_error_at IS NOT NULL;
+
+-- One row per claimed batch: the "flow run history" read by `sync status`, the panel and verify.
+CREATE TABLE sync_runs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    worker text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    ended_at timestamptz,
+    claimed integer NOT NULL DEFAULT 0,
+    created integer NOT NULL DEFAULT 0,
+    updated integer NOT NULL DEFAULT 0,
+    failed integer NOT NULL DEFAULT 0,
+    dead_lettered integer NOT NULL DEFAULT 0,
+    requeued integer NOT NULL DEFAULT 0,
+    throttled integer NOT NULL DEFAULT 0,
+    error text
+);
+
+CREATE INDEX idx_sync_runs_started_at ON sync_runs (started_at);
+
 -- ============================================================================================
 -- panel (0003_*)
 -- ============================================================================================

@@ -1,0 +1,278 @@
+-- Named queries of the sync engine (apex_metrics.sync). Placeholders are %(name)s.
+-- Every statement here is short: a claim commits before the HTTP call, and the ack runs in
+-- its own transaction after it, so no transaction is ever open across a Dataverse request.
+
+-- name: claim_batch
+-- Lease up to %(limit)s pending rows that are not dead, not leased (or whose lease expired) and
+-- due for an attempt. The CTE is an optimisation fence: the LIMIT applies before the UPDATE.
+-- Returns the current row values and the version they belong to.
+WITH candidates AS (
+    SELECT id
+    FROM campaign_metrics
+    WHERE exported_version < version
+      AND sync_dead_version <> version
+      AND (sync_lease_until IS NULL OR sync_lease_until < clock_timestamp())
+      AND (sync_next_attempt_at IS NULL OR sync_next_attempt_at <= clock_timestamp())
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE campaign_metrics AS c
+SET sync_lease_owner = %(owner)s,
+    sync_lease_until = clock_timestamp() + make_interval(secs => %(lease_seconds)s),
+    sync_attempts = CASE WHEN c.sync_attempt_version = c.version
+                         THEN c.sync_attempts + 1 ELSE 1 END,
+    sync_attempt_version = c.version
+FROM candidates
+WHERE c.id = candidates.id
+RETURNING c.id, c.version, c.sync_attempts AS attempts,
+    c.campaign_id, c.run_id, c.phase, c.agents_total, c.agents_successful, c.assets_generated,
+    c.tokens_in, c.tokens_out, c.cost_usd, c.latency_p95_ms, c.latency_avg_ms, c.success_rate,
+    c.created_at;
+
+-- name: start_run
+-- Open a run record for a claimed batch (same transaction as the claim).
+INSERT INTO sync_runs (worker, claimed) VALUES (%(worker)s, %(claimed)s) RETURNING id;
+
+-- name: ack_delivered
+-- Fenced acknowledgement: only rows still leased by this claim are touched. The exported
+-- version moves only where the row still has the version that was sent; a row changed in
+-- flight keeps its lease released and stays pending, so its latest values go out next.
+-- Returns one row per acknowledged id with `current` = false for rows changed in flight.
+WITH d AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(versions)s::bigint[]) AS d(id, version)
+)
+UPDATE campaign_metrics AS c
+SET exported_version = CASE WHEN c.version = d.version THEN d.version
+                            ELSE c.exported_version END,
+    exported_at = CASE WHEN c.version = d.version THEN clock_timestamp()
+                       ELSE c.exported_at END,
+    sync_lease_owner = NULL,
+    sync_lease_until = NULL,
+    sync_next_attempt_at = NULL,
+    sync_attempts = 0,
+    sync_last_error_code = NULL,
+    sync_last_error = NULL,
+    sync_last_error_at = NULL
+FROM d
+WHERE c.id = d.id AND c.sync_lease_owner = %(owner)s
+RETURNING c.id, (c.version = d.version) AS current;
+
+-- name: record_failures
+-- Fenced failure bookkeeping for rows of this claim: release the lease, keep the error, then
+-- either dead-letter the row (for the version that failed) or schedule its next attempt.
+-- `counted` = false gives the attempt back (429: the service was busy, not the row bad).
+-- A row changed in flight is never dead-lettered for its old values and is retried at once.
+WITH f AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(versions)s::bigint[], %(dead)s::boolean[],
+                %(delays)s::float8[], %(counted)s::boolean[], %(codes)s::text[],
+                %(messages)s::text[])
+        AS f(id, version, dead, delay, counted, code, message)
+)
+UPDATE campaign_metrics AS c
+SET sync_lease_owner = NULL,
+    sync_lease_until = NULL,
+    sync_attempts = CASE WHEN f.counted THEN c.sync_attempts
+                         ELSE greatest(c.sync_attempts - 1, 0) END,
+    sync_dead_version = CASE WHEN f.dead AND c.version = f.version THEN f.version
+                             ELSE c.sync_dead_version END,
+    sync_next_attempt_at = CASE WHEN c.version <> f.version OR f.dead THEN NULL
+                                ELSE clock_timestamp() + make_interval(secs => f.delay) END,
+    sync_last_error_code = f.code,
+    sync_last_error = f.message,
+    sync_last_error_at = clock_timestamp()
+FROM f
+WHERE c.id = f.id AND c.sync_lease_owner = %(owner)s
+RETURNING c.id, (f.dead AND c.version = f.version) AS dead;
+
+-- name: release_claim
+-- Give back every row still leased by one claim, without counting the attempt (shutdown,
+-- a database error before the send, a batch-level failure that is not the rows' fault).
+UPDATE campaign_metrics
+SET sync_lease_owner = NULL,
+    sync_lease_until = NULL,
+    sync_attempts = greatest(sync_attempts - 1, 0),
+    sync_next_attempt_at = CASE WHEN %(delay)s::float8 > 0
+                                THEN clock_timestamp() + make_interval(secs => %(delay)s::float8)
+                                ELSE sync_next_attempt_at END
+WHERE sync_lease_owner = %(owner)s;
+
+-- name: release_owner_prefix
+-- Give back every lease of one worker process (owner tokens are '<process>:<worker>:<n>').
+UPDATE campaign_metrics
+SET sync_lease_owner = NULL,
+    sync_lease_until = NULL,
+    sync_attempts = greatest(sync_attempts - 1, 0)
+WHERE sync_lease_owner LIKE %(prefix)s || '%%'
+  AND exported_version < version;
+
+-- name: finish_run
+-- Close the run record of a batch (same transaction as the ack).
+UPDATE sync_runs
+SET ended_at = clock_timestamp(),
+    created = %(created)s,
+    updated = %(updated)s,
+    failed = %(failed)s,
+    dead_lettered = %(dead_lettered)s,
+    requeued = %(requeued)s,
+    throttled = %(throttled)s,
+    error = %(error)s
+WHERE id = %(run_id)s;
+
+-- name: next_due
+-- Seconds until the earliest retryable row is due (NULL when nothing is waiting); rows leased
+-- by live claims are left to their owners. Used by `sync --once` to wait for retries.
+SELECT extract(epoch FROM min(coalesce(sync_next_attempt_at, clock_timestamp()))
+                     - clock_timestamp())::float8 AS seconds
+FROM campaign_metrics
+WHERE exported_version < version
+  AND sync_dead_version <> version
+  AND (sync_lease_until IS NULL OR sync_lease_until < clock_timestamp());
+
+-- name: prune_runs
+-- Retention of the run history.
+DELETE FROM sync_runs WHERE started_at < now() - make_interval(days => %(days)s);
+
+-- name: queue_counts
+-- The queue at a glance: pending (waiting, incl. retrying), in flight, dead, retrying, and
+-- the age in seconds of the oldest undelivered change (lag; dead rows excluded).
+SELECT
+    count(*) FILTER (WHERE sync_dead_version <> version
+                       AND (sync_lease_until IS NULL OR sync_lease_until < clock_timestamp()))
+        AS pending,
+    count(*) FILTER (WHERE sync_dead_version <> version
+                       AND sync_lease_until >= clock_timestamp()) AS in_flight,
+    count(*) FILTER (WHERE sync_dead_version = version) AS dead,
+    count(*) FILTER (WHERE sync_dead_version <> version
+                       AND sync_next_attempt_at > clock_timestamp()) AS retrying,
+    coalesce(extract(epoch FROM clock_timestamp()
+                     - min(updated_at) FILTER (WHERE sync_dead_version <> version)), 0)::float8
+        AS lag_seconds
+FROM campaign_metrics
+WHERE exported_version < version;
+
+-- name: throughput
+-- Rows delivered in the last %(seconds)s seconds according to the run history.
+SELECT coalesce(sum(created + updated), 0)::bigint AS delivered,
+       count(*)::bigint AS runs,
+       coalesce(sum(failed), 0)::bigint AS failed
+FROM sync_runs
+WHERE ended_at >= clock_timestamp() - make_interval(secs => %(seconds)s);
+
+-- name: last_errors
+-- The most recent delivery errors, dead or still retrying.
+SELECT run_id, sync_last_error_code AS code, sync_last_error AS message,
+       sync_last_error_at AS at, sync_attempts AS attempts,
+       (sync_dead_version = version) AS dead
+FROM campaign_metrics
+WHERE sync_last_error_at IS NOT NULL
+ORDER BY sync_last_error_at DESC
+LIMIT %(limit)s;
+
+-- name: last_runs
+SELECT id, worker, started_at, ended_at, claimed, created, updated, failed, dead_lettered,
+       requeued, throttled, error
+FROM sync_runs
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: retry_dead_all
+-- Re-queue every dead row with fresh attempts.
+UPDATE campaign_metrics
+SET sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
+WHERE sync_dead_version = version AND exported_version < version
+RETURNING run_id;
+
+-- name: retry_dead_runs
+-- Re-queue the dead rows among the given run ids.
+UPDATE campaign_metrics
+SET sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
+WHERE run_id = ANY(%(run_ids)s::text[])
+  AND sync_dead_version = version AND exported_version < version
+RETURNING run_id;
+
+-- name: dead_run_ids
+-- Which of the given run ids exist, and which of them are dead (for a precise report).
+SELECT run_id, (sync_dead_version = version AND exported_version < version) AS dead
+FROM campaign_metrics
+WHERE run_id = ANY(%(run_ids)s::text[]);
+
+-- name: replay_since
+-- Send again every row changed at or after %(since)s: mark it pending, clear dead and attempts.
+UPDATE campaign_metrics
+SET exported_version = 0, sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
+WHERE updated_at >= %(since)s
+RETURNING id;
+
+-- name: requeue_ids
+-- Mark rows pending again (reconcile --repair), clearing dead and attempts.
+UPDATE campaign_metrics
+SET exported_version = 0, sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
+WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: notify_pending
+-- Wake the workers after a re-queue (bookkeeping updates do not fire the NOTIFY trigger).
+SELECT pg_notify('apex_metrics_pending', '{"more": true}');
+
+-- name: reconcile_create_remote
+-- Session-local copy of what Dataverse holds, filled by COPY page by page.
+CREATE TEMP TABLE IF NOT EXISTS apex_metrics_reconcile_remote (
+    run_id text NOT NULL,
+    campaign_id text, phase text, agents_total bigint, agents_successful bigint,
+    assets_generated bigint, tokens_in bigint, tokens_out bigint, cost_usd numeric,
+    latency_p95_ms bigint, latency_avg_ms bigint, success_rate numeric, created_at timestamptz,
+    copies integer NOT NULL DEFAULT 1
+);
+
+-- name: reconcile_copy_remote
+COPY apex_metrics_reconcile_remote (run_id, campaign_id, phase, agents_total, agents_successful,
+    assets_generated, tokens_in, tokens_out, cost_usd, latency_p95_ms, latency_avg_ms,
+    success_rate, created_at) FROM STDIN;
+
+-- name: reconcile_index_remote
+CREATE INDEX IF NOT EXISTS apex_metrics_reconcile_remote_run_id
+    ON apex_metrics_reconcile_remote (run_id);
+
+-- name: reconcile_compare
+-- Both sides, joined by key and streamed in key order (read with a server-side cursor).
+-- `l_*` is PostgreSQL, `r_*` is Dataverse; a missing side has a NULL key. Values are
+-- compared as Dataverse keeps them (whole-second UTC timestamps, numerics by value).
+SELECT l.id,
+       coalesce(l.run_id, r.run_id) AS run_id,
+       (l.run_id IS NOT NULL) AS in_pg,
+       (r.run_id IS NOT NULL) AS in_dataverse,
+       (l.exported_version < l.version) AS pending,
+       coalesce(r.copies, 0) AS copies,
+       array_remove(ARRAY[
+           CASE WHEN l.campaign_id IS DISTINCT FROM r.campaign_id THEN 'campaign_id' END,
+           CASE WHEN l.phase IS DISTINCT FROM r.phase THEN 'phase' END,
+           CASE WHEN l.agents_total IS DISTINCT FROM r.agents_total THEN 'agents_total' END,
+           CASE WHEN l.agents_successful IS DISTINCT FROM r.agents_successful
+                THEN 'agents_successful' END,
+           CASE WHEN l.assets_generated IS DISTINCT FROM r.assets_generated
+                THEN 'assets_generated' END,
+           CASE WHEN l.tokens_in IS DISTINCT FROM r.tokens_in THEN 'tokens_in' END,
+           CASE WHEN l.tokens_out IS DISTINCT FROM r.tokens_out THEN 'tokens_out' END,
+           CASE WHEN l.cost_usd IS DISTINCT FROM r.cost_usd THEN 'cost_usd' END,
+           CASE WHEN l.latency_p95_ms IS DISTINCT FROM r.latency_p95_ms
+                THEN 'latency_p95_ms' END,
+           CASE WHEN l.latency_avg_ms IS DISTINCT FROM r.latency_avg_ms
+                THEN 'latency_avg_ms' END,
+           CASE WHEN l.success_rate IS DISTINCT FROM r.success_rate THEN 'success_rate' END,
+           CASE WHEN date_trunc('second', l.created_at) IS DISTINCT FROM r.created_at
+                THEN 'created_at' END
+       ], NULL) AS different
+FROM campaign_metrics AS l
+FULL OUTER JOIN (
+    SELECT run_id, min(campaign_id) AS campaign_id, min(phase) AS phase,
+           min(agents_total) AS agents_total, min(agents_successful) AS agents_successful,
+           min(assets_generated) AS assets_generated, min(tokens_in) AS tokens_in,
+           min(tokens_out) AS tokens_out, min(cost_usd) AS cost_usd,
+           min(latency_p95_ms) AS latency_p95_ms, min(latency_avg_ms) AS latency_avg_ms,
+           min(success_rate) AS success_rate, min(created_at) AS created_at,
+           count(*)::integer AS copies
+    FROM apex_metrics_reconcile_remote
+    GROUP BY run_id
+) AS r ON r.run_id = l.run_id
+ORDER BY coalesce(l.run_id, r.run_id);

@@ -1,0 +1,12 @@
+"""The sync engine: exactly-once in effect, sub-second export of campaign_metrics to Dataverse.
+
+queue.py     claim / settle / release in PostgreSQL (SKIP LOCKED, leases, fenced acks)
+worker.py    one worker's loop: drain batches, then wait for NOTIFY, a poll or stop
+engine.py    N workers + the listener + shared flow control in one process
+listener.py  LISTEN on a dedicated autocommit connection that reconnects
+policy.py    retry decisions (back-off, dead letters) and 429 flow control
+sink.py      what the engine needs from Dataverse (``upsert_many``), the row → body map
+status.py    ``sync status``, ``retry-dead``, ``replay``
+reconcile.py ``reconcile``: compare every key and value with Dataverse, re-queue differences
+metrics.py   Prometheus metrics; logs.py: text or JSON logs
+"""

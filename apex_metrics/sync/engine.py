@@ -1,0 +1,182 @@
+"""Run N workers in one process: a shared pool, one listener, shared flow control.
+
+Safe with any number of processes on any number of machines against one database: all
+coordination is in PostgreSQL (``SKIP LOCKED`` claims, leases, fenced acknowledgements).
+SIGINT/SIGTERM set ``stop``: each worker finishes the batch in hand, then every lease still
+held by this process is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+from dataclasses import dataclass, field
+
+from apex_metrics import db
+from apex_metrics.sync.listener import listen
+from apex_metrics.sync.metrics import SyncMetrics
+from apex_metrics.sync.policy import FlowControl, RetryPolicy
+from apex_metrics.sync.queue import Queue
+from apex_metrics.sync.sink import Sink
+from apex_metrics.sync.worker import DB_ERRORS, EngineStats, Worker, WorkerConfig
+
+log = logging.getLogger("apex_metrics.sync")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    database_url: str
+    workers: int = 1
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retention_days: int = 30
+    stats_interval: float = 5.0
+    listen: bool = True
+
+
+def process_id() -> str:
+    """A lease-owner prefix unique to this process (host, pid, random)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Engine:
+    """``await Engine(config, sink).run()`` drains (``once``) or runs until ``request_stop``."""
+
+    def __init__(self, config: EngineConfig, sink: Sink, *, metrics: SyncMetrics | None = None):
+        self.config = config
+        self.sink = sink
+        self.metrics = metrics or SyncMetrics()
+        self.stats = EngineStats()
+        self.stop = asyncio.Event()
+        self.flow = FlowControl(config.workers)
+        self.id = process_id()
+        self.listening = asyncio.Event()
+        self._wakes: list[asyncio.Event] = []
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        for event in self._wakes:
+            event.set()
+
+    async def run(self, *, handle_signals: bool = False) -> EngineStats:
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+        try:
+            async with db.open_pool(
+                self.config.database_url, min_size=1, max_size=self.config.workers + 2
+            ) as pool:
+                queue = Queue(pool)
+                try:
+                    await self._prune(queue)
+                    await self._work(queue)
+                finally:
+                    with contextlib.suppress(*DB_ERRORS):
+                        released = await queue.release_prefix(self.id + "/")
+                        if released:
+                            log.info("released %d lease(s)", released, extra={"event": "released"})
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        return self.stats
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info(
+            "%s: finishing the batch in hand, then stopping",
+            sig.name,
+            extra={"event": "stopping", "signal": sig.name},
+        )
+        self.request_stop()
+
+    async def _work(self, queue: Queue) -> None:
+        n = max(1, self.config.workers)
+        workers = []
+        for i in range(n):
+            wake = asyncio.Event()
+            self._wakes.append(wake)
+            workers.append(
+                Worker(
+                    name=f"{self.id}/w{i}",
+                    queue=queue,
+                    sink=self.sink,
+                    config=self.config.worker,
+                    policy=self.config.retry,
+                    flow=self.flow,
+                    stop=self.stop,
+                    wake=wake,
+                    stats=self.stats,
+                    metrics=self.metrics,
+                )
+            )
+        side: list[asyncio.Task[None]] = []
+        if self.config.listen and not self.config.worker.once:
+            side.append(
+                asyncio.create_task(
+                    listen(
+                        self.config.database_url,
+                        self.wake_all,
+                        self.stop,
+                        on_connect=self.listening.set,
+                    ),
+                    name="apex-sync-listener",
+                )
+            )
+        side.append(asyncio.create_task(self._refresh_gauges(queue), name="apex-sync-gauges"))
+        tasks = [asyncio.create_task(w.run(), name=f"apex-sync-{w.name}") for w in workers]
+        log.info(
+            "sync started: %d worker(s)%s",
+            n,
+            " (drain once)" if self.config.worker.once else "",
+            extra={"event": "started", "workers": n, "process": self.id},
+        )
+        try:
+            await self._wait_workers(tasks)
+        finally:
+            self.stop.set()
+            for t in side:
+                t.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+        log.info("sync stopped", extra={"event": "stopped", **self.stats.as_dict()})
+
+    async def _wait_workers(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for every worker; the first one to fail stops the others, then re-raises."""
+        pending = set(tasks)
+        error: BaseException | None = None
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None and error is None:
+                    error = t.exception()
+                    self.request_stop()
+        if error is not None:
+            raise error
+
+    async def _refresh_gauges(self, queue: Queue) -> None:
+        tick = 0
+        while not self.stop.is_set():
+            with contextlib.suppress(*DB_ERRORS):
+                counts = await queue.counts()
+                self.metrics.pending.set(counts["pending"])
+                self.metrics.in_flight.set(counts["in_flight"])
+                self.metrics.dead.set(counts["dead"])
+                self.metrics.lag.set(counts["lag_seconds"])
+            tick += 1
+            if tick % 720 == 0:  # about hourly at the default interval
+                await self._prune(queue)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=self.config.stats_interval)
+
+    async def _prune(self, queue: Queue) -> None:
+        with contextlib.suppress(*DB_ERRORS):
+            await queue.prune_runs(self.config.retention_days)

@@ -1,0 +1,70 @@
+"""A fake Dataverse sink for unit tests of the engine: an in-memory table with scripted faults."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apex_metrics.dataverse.errors import Throttled, TransientError
+
+
+@dataclass(frozen=True)
+class FakeOutcome:
+    key: str
+    status: int
+    outcome: str
+    code: str | None = None
+    message: str | None = None
+    transient: bool = False
+
+
+@dataclass
+class FakeSink:
+    """An in-memory Dataverse table keyed by run id, with scripted faults."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)
+    calls: list[list[str]] = field(default_factory=list)
+    invalid: set[str] = field(default_factory=set)  # keys answered 400
+    fail_rate: float = 0.0  # per-row 503
+    batch_fail_rate: float = 0.0  # whole-request 503
+    throttle_next: int = 0  # whole requests answered 429
+    retry_after: float = 0.05
+    delay: float = 0.0
+    seed: int = 7
+    on_call: Any = None  # async callback(keys) run before the writes land
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    async def upsert_many(
+        self, entity_set: str, key_column: str, items: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[FakeOutcome]:
+        keys = [k for k, _ in items]
+        self.calls.append(keys)
+        if self.on_call is not None:
+            await self.on_call(keys)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            raise Throttled("429", retry_after=self.retry_after, status=429, code="0x80072322")
+        if self.batch_fail_rate and self.rng.random() < self.batch_fail_rate:
+            raise TransientError("503 Service Unavailable", status=503)
+        out = []
+        for key, body in items:
+            if key in self.invalid:
+                out.append(
+                    FakeOutcome(key, 400, "failed", "0x80044331", "A validation error occurred.")
+                )
+            elif self.fail_rate and self.rng.random() < self.fail_rate:
+                out.append(FakeOutcome(key, 503, "failed", "", "Service Unavailable", True))
+            else:
+                existed = key in self.rows
+                self.rows[key] = dict(body)
+                self.writes[key] = self.writes.get(key, 0) + 1
+                out.append(FakeOutcome(key, 204, "updated" if existed else "created"))
+        return out

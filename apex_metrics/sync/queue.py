@@ -1,0 +1,194 @@
+"""The database side of the engine: claim, acknowledge, fail, release, run history.
+
+Each method is one short transaction on a pooled connection. A claim commits before the rows
+are sent; the acknowledgement runs in a new transaction after Dataverse answered, fenced by the
+claim's lease owner token and by the row version that was sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from apex_metrics.sql import load_queries
+
+Q = load_queries("sync.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    owner: str  # lease owner token of this claim
+    run_id: int  # its sync_runs row
+    rows: list[dict[str, Any]]  # id, version, attempts and the 13 data columns, in id order
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: int
+    version: int
+    dead: bool
+    delay: float
+    counted: bool  # False: give the attempt back (throttled)
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class RunSummary:
+    created: int = 0
+    updated: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    throttled: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    acked: int  # rows whose sent version is now exported
+    requeued: int  # delivered, but changed in flight: still pending
+    dead: int  # dead-lettered now
+    lost_lease: int = 0  # rows no longer ours (lease expired and taken): nothing written
+    dead_keys: list[str] = field(default_factory=list)
+
+
+class Queue:
+    """Queue operations over an open ``AsyncConnectionPool``."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    async def claim(
+        self, *, owner: str, worker: str, limit: int, lease_seconds: float
+    ) -> Claim | None:
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                Q["claim_batch"],
+                {"owner": owner, "limit": limit, "lease_seconds": lease_seconds},
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return None
+            await cur.execute(Q["start_run"], {"worker": worker, "claimed": len(rows)})
+            run = await cur.fetchone()
+            assert run is not None
+        rows.sort(key=lambda r: r["id"])
+        return Claim(owner=owner, run_id=int(run["id"]), rows=rows)
+
+    async def settle(
+        self,
+        claim: Claim,
+        delivered: Sequence[tuple[int, int]],
+        failures: Sequence[Failure],
+        summary: RunSummary,
+    ) -> Settled:
+        """Acknowledge the delivered rows, record the failures, close the run: one transaction."""
+        acked = requeued = dead = 0
+        dead_ids: set[int] = set()
+        touched = 0
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            if delivered:
+                await cur.execute(
+                    Q["ack_delivered"],
+                    {
+                        "owner": claim.owner,
+                        "ids": [i for i, _ in delivered],
+                        "versions": [v for _, v in delivered],
+                    },
+                )
+                for row in await cur.fetchall():
+                    touched += 1
+                    if row["current"]:
+                        acked += 1
+                    else:
+                        requeued += 1
+            if failures:
+                await cur.execute(
+                    Q["record_failures"],
+                    {
+                        "owner": claim.owner,
+                        "ids": [f.id for f in failures],
+                        "versions": [f.version for f in failures],
+                        "dead": [f.dead for f in failures],
+                        "delays": [f.delay for f in failures],
+                        "counted": [f.counted for f in failures],
+                        "codes": [f.code for f in failures],
+                        "messages": [f.message for f in failures],
+                    },
+                )
+                for row in await cur.fetchall():
+                    touched += 1
+                    if row["dead"]:
+                        dead += 1
+                        dead_ids.add(int(row["id"]))
+            summary.requeued = requeued
+            summary.dead_lettered = dead
+            await cur.execute(
+                Q["finish_run"],
+                {
+                    "run_id": claim.run_id,
+                    "created": summary.created,
+                    "updated": summary.updated,
+                    "failed": summary.failed,
+                    "dead_lettered": summary.dead_lettered,
+                    "requeued": summary.requeued,
+                    "throttled": summary.throttled,
+                    "error": summary.error,
+                },
+            )
+        keys = [str(r["run_id"]) for r in claim.rows if r["id"] in dead_ids]
+        lost = len(delivered) + len(failures) - touched
+        return Settled(acked, requeued, dead, lost_lease=lost, dead_keys=keys)
+
+    async def release(self, claim: Claim, *, delay: float = 0.0, error: str | None = None) -> None:
+        """Give the claim's rows back without counting the attempt, and close its run."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(Q["release_claim"], {"owner": claim.owner, "delay": delay})
+            await conn.execute(
+                Q["finish_run"],
+                {
+                    "run_id": claim.run_id,
+                    "created": 0,
+                    "updated": 0,
+                    "failed": 0,
+                    "dead_lettered": 0,
+                    "requeued": 0,
+                    "throttled": 0,
+                    "error": error,
+                },
+            )
+
+    async def release_prefix(self, prefix: str) -> int:
+        """Give back every lease whose owner token starts with ``prefix``."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(Q["release_owner_prefix"], {"prefix": prefix})
+            return int(cur.rowcount)
+
+    async def next_due(self) -> float | None:
+        """Seconds until the earliest retryable row is due; None when nothing waits."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(Q["next_due"])
+            row = await cur.fetchone()
+            await conn.rollback()
+        return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+    async def counts(self) -> dict[str, Any]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(Q["queue_counts"])
+            row = await cur.fetchone()
+            await conn.rollback()
+        assert row is not None
+        return dict(row)
+
+    async def prune_runs(self, days: int) -> int:
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(Q["prune_runs"], {"days": days})
+            return int(cur.rowcount)

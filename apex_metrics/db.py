@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, conninfo
-from psycopg.errors import Diagnostic, UndefinedTable
+from psycopg.errors import Diagnostic, UndefinedColumn, UndefinedFunction, UndefinedTable
 from psycopg_pool import AsyncConnectionPool
 
 from apex_metrics.exceptions import (
@@ -126,6 +126,20 @@ def wrap_connect_error(exc: Exception, url: str) -> DatabaseError:
         f"cannot connect to PostgreSQL at {host}: {first}",
         hint="check APEX_DATABASE_URL and that the server is up",
     )
+
+
+def wrap_query_error(exc: psycopg.Error, where: str) -> DatabaseError:
+    """Turn a psycopg failure during a query into one of ours (one line, naming the database)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, UndefinedTable | UndefinedColumn | UndefinedFunction):
+        return SchemaNotMigrated(f"the database {where} lacks part of the schema: {first}")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnreachable(
+            f"lost the connection to PostgreSQL at {where}: {first}",
+            hint="check that the server is up and reachable, then retry",
+        )
+    return DatabaseError(f"PostgreSQL at {where} refused the statement: {first}")
 
 
 async def connect(url: str | None = None, *, autocommit: bool = False) -> AsyncConnection[Any]:

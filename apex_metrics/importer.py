@@ -1,0 +1,323 @@
+"""Bulk import of campaign runs from CSV (header = column names) or JSON Lines.
+
+Every row is validated before anything is committed: rows stream through COPY into a temporary
+staging table inside one transaction, and the transaction commits only when the whole file is
+valid (or, with ``skip_invalid``, after setting the bad rows aside). Then one upsert moves the
+staged rows into ``campaign_metrics``. A run id repeated in the file is an error naming both
+lines. Errors list the line, the field and the rule.
+
+CSV details: a UTF-8 byte order mark is ignored; blank lines are skipped (line numbers still count
+them); the header must name only known columns and include ``campaign_id`` and ``run_id`` (the
+other columns are optional); no field may be longer than ``MAX_FIELD`` characters.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, Literal, cast
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from apex_metrics.db import Q, connect, database_url, describe, ensure_migrated, wrap_query_error
+from apex_metrics.exceptions import ApexMetricsError, FieldError, MetricValidationError
+from apex_metrics.metric import BY_NAME, COLUMNS, Metric, parse_metric
+from apex_metrics.recorder import BulkResult, prepare_stage, upsert_stage
+
+Format = Literal["csv", "jsonl"]
+MAX_FIELD = 1 << 20  # 1 MiB: far above any valid value, far below a runaway line
+REQUIRED = tuple(c.name for c in COLUMNS if c.required)
+
+
+class ImportFileError(ApexMetricsError):
+    """The input file cannot be read as CSV or JSON Lines."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did."""
+
+    source: str
+    format: Format
+    rows: int = 0  # data rows read (blank lines excluded)
+    inserted: int = 0
+    updated: int = 0
+    rejected: int = 0
+    rejects_file: str | None = None
+    errors: list[FieldError] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "format": self.format,
+            "rows": self.rows,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "rejected": self.rejected,
+            "rejects_file": self.rejects_file,
+            "errors": [
+                {"line": e.line, "field": e.field, "rule": e.rule} for e in self.errors[:50]
+            ],
+        }
+
+    def summary(self) -> str:
+        text = (
+            f"imported {self.inserted + self.updated} of {self.rows} rows from {self.source} "
+            f"({self.inserted} new, {self.updated} updated)"
+        )
+        if self.rejected:
+            text += f"; {self.rejected} rejected, reasons in {self.rejects_file}"
+        return text
+
+
+@dataclass
+class Row:
+    """One record of the input: where it starts, its raw fields, and the parsed metric or errors."""
+
+    line: int
+    raw: dict[str, Any]
+    metric: Metric | None = None
+    errors: list[FieldError] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+
+def detect_format(path: str, first_bytes: bytes) -> Format:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "jsonl" if first_bytes.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
+
+
+def read_csv(text: IO[str]) -> Iterator[Row]:
+    csv.field_size_limit(MAX_FIELD)
+    reader = csv.reader(text, strict=True)
+    header: list[str] | None = None
+    last_line = 0
+    try:
+        for record in reader:
+            line, last_line = last_line + 1, reader.line_num
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # blank line
+            if header is None:
+                header = check_header(record, line)
+                continue
+            if len(record) != len(header):
+                yield Row(
+                    line,
+                    {},
+                    errors=[
+                        FieldError(
+                            "(row)",
+                            f"has {len(record)} values but the header names {len(header)} columns",
+                            line,
+                        )
+                    ],
+                )
+                continue
+            yield parse_row(line, dict(zip(header, record, strict=True)))
+    except csv.Error as exc:
+        line = reader.line_num
+        detail = str(exc)
+        if "field larger than field limit" in detail:
+            detail = f"a field is longer than {MAX_FIELD} characters"
+        raise MetricValidationError(
+            [FieldError("(file)", f"unreadable CSV: {detail}", line)]
+        ) from None
+    if header is None:
+        raise ImportFileError("the CSV input is empty: expected a header line of column names")
+
+
+def check_header(record: list[str], line: int) -> list[str]:
+    names = [name.strip() for name in record]
+    errors: list[FieldError] = []
+    for name in names:
+        if name not in BY_NAME:
+            errors.append(FieldError(name or "(empty)", "unknown column", line))
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            errors.append(FieldError(name, "column appears twice in the header", line))
+        seen.add(name)
+    for name in REQUIRED:
+        if name not in names:
+            errors.append(FieldError(name, "required column is missing from the header", line))
+    if errors:
+        known = ", ".join(BY_NAME)
+        errors.append(FieldError("(header)", f"known columns: {known}", line))
+        raise MetricValidationError(errors)
+    return names
+
+
+def read_jsonl(text: IO[str]) -> Iterator[Row]:
+    for line, content in enumerate(text, start=1):
+        if not content.strip():
+            continue
+        if len(content) > MAX_FIELD:
+            yield Row(
+                line, {}, errors=[FieldError("(line)", f"longer than {MAX_FIELD} characters", line)]
+            )
+            continue
+        try:
+            data = json.loads(content, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            yield Row(line, {}, errors=[FieldError("(line)", f"not valid JSON: {exc.msg}", line)])
+            continue
+        if not isinstance(data, dict):
+            yield Row(line, {}, errors=[FieldError("(line)", "must be a JSON object", line)])
+            continue
+        yield parse_row(line, data)
+
+
+def parse_row(line: int, raw: dict[str, Any]) -> Row:
+    try:
+        return Row(line, raw, metric=parse_metric(raw, line=line))
+    except MetricValidationError as exc:
+        return Row(line, raw, errors=exc.errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# Importing
+
+
+def open_source(source: str) -> tuple[io.BufferedReader, int | None]:
+    if source == "-":
+        stdin = sys.stdin.buffer
+        if isinstance(stdin, io.BufferedReader):
+            return stdin, None
+        return io.BufferedReader(cast(io.RawIOBase, stdin)), None
+    path = Path(source)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ImportFileError(f"cannot read {source}: {exc.strerror or exc}") from None
+    return handle, path.stat().st_size
+
+
+def make_progress(console: Console | None) -> Progress:
+    return Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rows]} rows"),
+        TimeElapsedColumn(),
+        console=console or Console(stderr=True),
+        transient=True,
+        disable=console is None or not console.is_terminal,
+    )
+
+
+class _Stager:
+    """Feeds valid rows to COPY, sets invalid ones aside, and finds repeated run ids."""
+
+    def __init__(self, report: ImportReport, skip_invalid: bool) -> None:
+        self.report = report
+        self.skip_invalid = skip_invalid
+        self.rejected: list[Row] = []
+        self.seen: dict[str, int] = {}
+
+    def check(self, row: Row) -> Metric | None:
+        """The row's metric when it should be written, else None (its errors are recorded)."""
+        self.report.rows += 1
+        metric = row.metric
+        if metric is not None:
+            first = self.seen.setdefault(metric.run_id, row.line)
+            if first != row.line:
+                rule = f"run id {metric.run_id!r} is also on line {first}"
+                row.errors.append(FieldError("run_id", rule, row.line))
+        if row.errors:
+            self.report.errors.extend(row.errors)
+            if self.skip_invalid:
+                self.rejected.append(row)
+            return None
+        if self.report.errors and not self.skip_invalid:
+            return None  # keep validating; nothing will be written
+        return metric
+
+
+async def import_file(
+    source: str,
+    *,
+    url: str | None = None,
+    skip_invalid: bool = False,
+    rejects: str | None = None,
+    fmt: Format | None = None,
+    console: Console | None = None,
+) -> ImportReport:
+    """Import ``source`` (a path, or ``-`` for stdin); see the module docstring."""
+    url = database_url(url)
+    handle, size = open_source(source)
+    fmt = fmt or detect_format(source, handle.peek(64)[:64])
+    report = ImportReport(source="stdin" if source == "-" else source, format=fmt)
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="strict", newline="")
+    rows = read_csv(text) if fmt == "csv" else read_jsonl(text)
+    stager = _Stager(report, skip_invalid)
+    try:
+        async with await connect(url) as conn:
+            await ensure_migrated(conn)
+            with make_progress(console) as progress:
+                task = progress.add_task("import", total=size, rows=0)
+                async with conn.transaction():
+                    await prepare_stage(conn)
+                    async with conn.cursor().copy(Q["copy_stage"]) as copy:
+                        for row in rows:
+                            metric = stager.check(row)
+                            if metric is not None:
+                                await copy.write_row(metric.pg_values())
+                            if report.rows % 20_000 == 0:
+                                progress.update(task, completed=_tell(handle), rows=report.rows)
+                    if report.errors and not skip_invalid:
+                        raise MetricValidationError(report.errors)
+                    result: BulkResult = await upsert_stage(conn)
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(
+            f"{report.source} is not UTF-8 text (bad byte at offset {exc.start} of a block)",
+            hint="save the file as UTF-8",
+        ) from None
+    except psycopg.Error as exc:
+        raise wrap_query_error(exc, describe(url)) from exc
+    finally:
+        if source != "-":
+            handle.close()
+    report.inserted, report.updated = result.inserted, result.updated
+    report.rejected = len(stager.rejected)
+    if stager.rejected:
+        path = rejects or default_rejects_path(source)
+        report.rejects_file = write_rejects(stager.rejected, path)
+    return report
+
+
+def _tell(handle: IO[bytes]) -> int | None:
+    try:
+        return handle.tell()
+    except (OSError, ValueError):
+        return None
+
+
+def default_rejects_path(source: str) -> str:
+    return "rejects.jsonl" if source == "-" else f"{source}.rejects.jsonl"
+
+
+def write_rejects(rows: list[Row], path: str) -> str:
+    """One JSON object per rejected row: its line, every broken rule, and the raw values."""
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            entry = {
+                "line": row.line,
+                "errors": [{"field": e.field, "rule": e.rule} for e in row.errors],
+                "record": row.raw,
+            }
+            out.write(json.dumps(entry, default=str, ensure_ascii=False) + "\n")
+    return path

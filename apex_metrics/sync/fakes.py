@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,3 +68,16 @@ class FakeSink:
                 self.writes[key] = self.writes.get(key, 0) + 1
                 out.append(FakeOutcome(key, 204, "updated" if existed else "created"))
         return out
+
+    async def query(
+        self,
+        entity_set: str,
+        *,
+        select: list[str] | None = None,
+        filter: str | None = None,
+        orderby: str | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every stored row with its key, like ``DataverseClient.query``."""
+        for key, body in list(self.rows.items()):
+            yield {"apex_runid": key, **body}

@@ -1,44 +1,187 @@
-"""The engine against real PostgreSQL and a fake sink: claim, ack, retry, dead letters."""
+"""The engine against real PostgreSQL and a fake sink: claim, ack, retry, dead letters, fences."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from typing import Any
 
 from apex_metrics.sync.checks import compare, execute, insert_rows, pg_expected
 from apex_metrics.sync.engine import Engine, EngineConfig
 from apex_metrics.sync.fakes import FakeSink
 from apex_metrics.sync.policy import RetryPolicy
+from apex_metrics.sync.reconcile import reconcile
+from apex_metrics.sync.status import get_status, replay, retry_dead
 from apex_metrics.sync.worker import WorkerConfig
 
 FAST = RetryPolicy(max_attempts=5, base_wait=0.01, max_wait=0.05)
 
 
-def config(url: str, **kw: object) -> EngineConfig:
+def config(
+    url: str,
+    *,
+    batch_size: int = 100,
+    lease_seconds: float = 10,
+    once: bool = True,
+    workers: int = 1,
+    retry: RetryPolicy = FAST,
+) -> EngineConfig:
     worker = WorkerConfig(
-        batch_size=int(kw.pop("batch_size", 100)),  # type: ignore[call-overload]
-        poll_interval=0.05,
-        lease_seconds=float(kw.pop("lease_seconds", 10)),  # type: ignore[arg-type]
-        once=bool(kw.pop("once", True)),
+        batch_size=batch_size, poll_interval=0.05, lease_seconds=lease_seconds, once=once
     )
-    return EngineConfig(database_url=url, worker=worker, retry=FAST, **kw)  # type: ignore[arg-type]
+    return EngineConfig(database_url=url, workers=workers, worker=worker, retry=retry)
 
 
-async def pending(url: str) -> int:
-    rows = await execute(url, "SELECT count(*) FROM v_campaign_metrics_pending")
-    return int(rows[0][0])
+async def run_once(url: str, sink: FakeSink, **kw: Any) -> Any:
+    return await asyncio.wait_for(Engine(config(url, **kw), sink).run(), 60)
+
+
+async def scalar(url: str, query: str) -> Any:
+    return (await execute(url, query))[0][0]
+
+
+async def assert_converged(url: str, sink: FakeSink) -> None:
+    verdict = compare(await pg_expected(url), sink.rows, sink.writes)
+    assert (verdict.lost, verdict.stale, verdict.extra) == (0, 0, 0), verdict
 
 
 async def test_once_drains_everything_in_batches(database_url: str) -> None:
     await insert_rows(database_url, 250)
     sink = FakeSink()
-    stats = await asyncio.wait_for(Engine(config(database_url), sink).run(), 30)
+    stats = await run_once(database_url, sink)
     assert stats.created == 250 and stats.dead_lettered == 0
     assert [len(c) for c in sink.calls] == [100, 100, 50]
-    assert await pending(database_url) == 0
-    verdict = compare(await pg_expected(database_url), sink.rows, sink.writes)
-    assert (verdict.lost, verdict.duplicated, verdict.stale) == (0, 0, 0)
+    assert await scalar(database_url, "SELECT count(*) FROM v_campaign_metrics_pending") == 0
+    await assert_converged(database_url, sink)
+    assert max(sink.writes.values()) == 1
     runs = await execute(
         database_url, "SELECT claimed, created, ended_at FROM sync_runs ORDER BY id"
     )
     assert [(r[0], r[1]) for r in runs] == [(100, 100), (100, 100), (50, 50)]
     assert all(r[2] is not None for r in runs)
+
+
+async def test_changed_rows_are_sent_again_with_latest_values(database_url: str) -> None:
+    await insert_rows(database_url, 20)
+    sink = FakeSink()
+    await run_once(database_url, sink)
+    await execute(database_url, "UPDATE campaign_metrics SET tokens_in = 7 WHERE id <= 5")
+    stats = await run_once(database_url, sink)
+    assert (stats.claimed, stats.updated) == (5, 5)
+    await assert_converged(database_url, sink)
+
+
+async def test_transient_failures_are_retried_until_delivered(database_url: str) -> None:
+    await insert_rows(database_url, 300)
+    sink = FakeSink(fail_rate=0.3, batch_fail_rate=0.2, retry_after=0.01)
+    stats = await run_once(database_url, sink, retry=RetryPolicy(20, 0.005, 0.02))
+    assert stats.failed > 0 and stats.dead_lettered == 0
+    await assert_converged(database_url, sink)
+
+
+async def test_invalid_row_is_dead_lettered_at_once_and_others_delivered(
+    database_url: str,
+) -> None:
+    await insert_rows(database_url, 50)
+    sink = FakeSink(invalid={"run-7"})
+    stats = await run_once(database_url, sink)
+    assert stats.dead_lettered == 1 and stats.dead_keys == ["run-7"]
+    assert stats.created == 49
+    assert len(sink.calls) == 1  # dead at the first attempt: no retry
+    row = (
+        await execute(
+            database_url,
+            "SELECT sync_last_error_code, sync_last_error, sync_attempts "
+            "FROM campaign_metrics WHERE run_id = 'run-7'",
+        )
+    )[0]
+    assert row == ("0x80044331", "A validation error occurred.", 1)
+    status = await get_status(database_url)
+    assert (status.dead, status.pending) == (1, 0)
+    assert status.last_errors[0]["run_id"] == "run-7" and status.last_errors[0]["dead"]
+    # A dead row stays dead across runs and never blocks the others.
+    await insert_rows(database_url, 3, prefix="late-")
+    stats = await run_once(database_url, sink)
+    assert (stats.created, stats.claimed) == (3, 3)
+    # Fixed at the source side, retry-dead delivers it.
+    sink.invalid.clear()
+    report = await retry_dead(database_url, ["run-7", "run-8", "nope"])
+    assert report.requeued == ["run-7"]
+    assert (report.not_dead, report.unknown) == (["run-8"], ["nope"])
+    stats = await run_once(database_url, sink)
+    assert stats.created == 1
+    assert (await get_status(database_url)).dead == 0
+    await assert_converged(database_url, sink)
+
+
+async def test_row_dead_after_max_attempts(database_url: str) -> None:
+    await insert_rows(database_url, 5)
+    sink = FakeSink(fail_rate=1.0)
+    stats = await run_once(database_url, sink, retry=RetryPolicy(3, 0.005, 0.01))
+    assert stats.dead_lettered == 5 and stats.failed == 15
+    assert sum(len(c) for c in sink.calls) == 15  # 3 attempts per row, then dead
+    assert await scalar(database_url, "SELECT max(sync_attempts) FROM campaign_metrics") == 3
+
+
+async def test_429_pauses_and_does_not_count_as_attempt(database_url: str) -> None:
+    await insert_rows(database_url, 10)
+    sink = FakeSink(throttle_next=4, retry_after=0.05)
+    stats = await run_once(database_url, sink, retry=RetryPolicy(2, 0.005, 0.01))
+    assert stats.throttled == 4 and stats.dead_lettered == 0 and stats.created == 10
+    await assert_converged(database_url, sink)
+
+
+async def test_row_changed_in_flight_stays_pending_and_ends_latest(database_url: str) -> None:
+    await insert_rows(database_url, 10)
+    changed = False
+
+    async def change_during_send(keys: list[str]) -> None:
+        nonlocal changed
+        if not changed:
+            changed = True
+            await execute(
+                database_url, "UPDATE campaign_metrics SET tokens_out = 1 WHERE run_id = 'run-3'"
+            )
+
+    sink = FakeSink(on_call=change_during_send)
+    stats = await run_once(database_url, sink)
+    assert stats.requeued == 1
+    assert sink.writes["run-3"] == 2  # sent stale first, then the latest values
+    await assert_converged(database_url, sink)
+
+
+async def test_fenced_ack_ignores_a_claim_whose_lease_was_taken(database_url: str) -> None:
+    await insert_rows(database_url, 3)
+    first = FakeSink()
+    # An expired lease (0.2 s) is taken over by a second engine while the first is still sending.
+    first.delay = 1.0
+    slow = asyncio.create_task(run_once(database_url, first, lease_seconds=0.2))
+    await asyncio.sleep(0.5)
+    second = FakeSink()
+    stats2 = await run_once(database_url, second)
+    stats1 = await slow
+    assert stats2.created == 3
+    assert stats1.lost_lease == 3 and stats1.created == 0  # its ack touched nothing
+    await assert_converged(database_url, second)
+
+
+async def test_replay_and_reconcile_repair(database_url: str) -> None:
+    await insert_rows(database_url, 30)
+    sink = FakeSink()
+    await run_once(database_url, sink)
+    report = await reconcile(database_url, sink)
+    assert report.clean and report.matching == 30
+    # Damage Dataverse: one row lost, one changed, one unknown key.
+    del sink.rows["run-1"]
+    sink.rows["run-2"]["apex_tokensin"] = -1
+    sink.rows["ghost"] = dict(sink.rows["run-3"])
+    report = await reconcile(database_url, sink, repair=True)
+    assert (report.missing, report.different, report.extra) == (1, 1, 1)
+    assert report.samples["different"][0] == {"run_id": "run-2", "columns": ["tokens_in"]}
+    assert report.requeued == 2
+    await run_once(database_url, sink)
+    del sink.rows["ghost"]
+    assert (await reconcile(database_url, sink)).clean
+    assert await replay(database_url, datetime(2000, 1, 1, tzinfo=UTC)) == 30
+    stats = await run_once(database_url, sink)
+    assert stats.updated == 30

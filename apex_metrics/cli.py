@@ -207,7 +207,15 @@ def import_runs(
 
 # --- dataverse: provision, whoami ---------------------------------------------------------------
 
-_DV_URL_HELP = "Dataverse environment URL [default: APEX_DATAVERSE_URL]"
+DataverseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="APEX_DATAVERSE_URL",
+        show_envvar=True,
+        help="Dataverse environment URL (also read from .env.local / .env).",
+    ),
+]
 
 
 def _dataverse_settings(url: str | None) -> Any:
@@ -219,7 +227,7 @@ def _dataverse_settings(url: str | None) -> Any:
 
 @dataverse_app.command("whoami")
 def dataverse_whoami(
-    url: Annotated[str | None, typer.Option("--url", help=_DV_URL_HELP)] = None,
+    url: DataverseUrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Prove the credentials: get a token, call WhoAmI, show organisation, app user, parallelism.
@@ -241,7 +249,7 @@ def dataverse_whoami(
 
 @dataverse_app.command("provision")
 def dataverse_provision(
-    url: Annotated[str | None, typer.Option("--url", help=_DV_URL_HELP)] = None,
+    url: DataverseUrlOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only read and print the plan; change nothing.")
     ] = False,

@@ -324,6 +324,12 @@ def double_prefix_problem(logical: str, kind: str) -> Problem:
     )
 
 
+class ContractDrift(DataverseError):
+    """The Dataverse table differs from the contract in ways provisioning must not repair."""
+
+    hint = "fix each problem listed above as it says, then run `apex-metrics dataverse provision`"
+
+
 # ------------------------------------------------------------------------------------------------
 # The report
 

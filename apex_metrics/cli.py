@@ -287,6 +287,235 @@ def dataverse_provision(
 
 # --- sync engine: sync, sync status/retry-dead/replay, reconcile --------------------------------
 
+sync_app = typer.Typer(
+    help="Export pending rows to Dataverse: run workers, inspect, re-queue.",
+    invoke_without_command=True,
+)
+app.add_typer(sync_app, name="sync")
+
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        envvar="APEX_LOG_FORMAT",
+        show_envvar=True,
+        help="Log format: text or json (one object per line).",
+    ),
+]
+
+
+@sync_app.callback()
+def sync_run(
+    ctx: typer.Context,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Concurrent workers in this process.")
+    ] = 1,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Drain what is pending, then exit (1 if a row failed)."),
+    ] = False,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--poll-interval",
+            min=0.01,
+            envvar="APEX_SYNC_POLL_INTERVAL",
+            show_envvar=True,
+            help="Seconds between polls when no NOTIFY arrives [default: 1].",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=1000,
+            envvar="APEX_SYNC_BATCH_SIZE",
+            show_envvar=True,
+            help="Rows per claim and $batch [default: 1000].",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics here."),
+    ] = None,
+    log_format: LogFormatOption = None,
+    database_url: DatabaseUrlOption = None,
+    url: DataverseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final report as JSON.")] = (
+        False
+    ),
+) -> None:
+    """Run sync workers until SIGINT/SIGTERM (or, with --once, until drained).
+
+    Settings: APEX_DATABASE_URL, APEX_DATAVERSE_URL and credentials, APEX_SYNC_MAX_ATTEMPTS,
+    APEX_SYNC_LEASE_SECONDS, APEX_SYNC_RUN_RETENTION_DAYS.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import asyncio
+
+    from apex_metrics.sync.commands import engine_config, run_sync, stats_lines
+    from apex_metrics.sync.logs import configure_logging
+
+    settings = _sync_settings(database_url, url)
+    fmt = log_format or settings.log_format
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    configure_logging("json" if fmt == "json" else "text", debug=_state["debug"])
+    config = engine_config(
+        settings, workers=workers, once=once, poll_interval=poll_interval, batch_size=batch_size
+    )
+    stats = asyncio.run(run_sync(settings, config, metrics_port=metrics_port))
+    if as_json:
+        print_json(stats.as_dict())
+    else:
+        for line in stats_lines(stats):
+            console.print(line, markup=False, highlight=False)
+
+
+def _sync_settings(database_url: str | None, url: str | None) -> Any:
+    from apex_metrics.settings import get_settings
+
+    settings = get_settings()
+    update = {k: v for k, v in {"database_url": database_url, "dataverse_url": url}.items() if v}
+    return settings.model_copy(update=update) if update else settings
+
+
+@sync_app.command("status")
+def sync_status(
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Pending, in flight, dead, lag, recent throughput, last errors and last runs."""
+    import asyncio
+
+    from apex_metrics.sync.status import get_status
+
+    status = asyncio.run(get_status(_sync_settings(database_url, None).require("database_url")))
+    if as_json:
+        print_json(status.to_dict())
+        return
+    out = console.print
+    out(
+        f"pending {status.pending} (retrying {status.retrying}), in flight {status.in_flight}, "
+        f"dead {status.dead}, lag {status.lag_seconds:.1f}s",
+        markup=False,
+        highlight=False,
+    )
+    out(
+        f"delivered: {status.delivered_last_minute} in the last minute "
+        f"({status.rows_per_second:.1f} rows/s), {status.delivered_last_hour} in the last hour",
+        markup=False,
+        highlight=False,
+    )
+    for e in status.last_errors:
+        state = "dead" if e["dead"] else f"attempt {e['attempts']}"
+        out(
+            f"  error {e['at']} {e['run_id']} [{state}] {e['code'] or '-'}: {e['message']}",
+            markup=False,
+            highlight=False,
+        )
+    for r in status.last_runs:
+        out(
+            f"  run {r['id']} {r['started_at']} claimed {r['claimed']} created {r['created']} "
+            f"updated {r['updated']} failed {r['failed']} dead {r['dead_lettered']}"
+            + (f" error: {r['error']}" if r["error"] else ""),
+            markup=False,
+            highlight=False,
+        )
+
+
+@sync_app.command("retry-dead")
+def sync_retry_dead(
+    run_ids: Annotated[
+        list[str] | None, typer.Argument(help="Run ids to re-queue (default: every dead row).")
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-queue dead-lettered rows with fresh attempts."""
+    import asyncio
+
+    from apex_metrics.sync.errors import SyncError
+    from apex_metrics.sync.status import retry_dead
+
+    url = _sync_settings(database_url, None).require("database_url")
+    report = asyncio.run(retry_dead(url, run_ids or None))
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        console.print(f"re-queued {len(report.requeued)} dead row(s)", markup=False)
+        if report.not_dead:
+            console.print(f"not dead: {', '.join(report.not_dead)}", markup=False)
+    if report.unknown:
+        raise SyncError(f"unknown run id(s): {', '.join(report.unknown)}")
+
+
+@sync_app.command("replay")
+def sync_replay(
+    since: Annotated[
+        str,
+        typer.Option("--since", help="ISO 8601 time with a zone: re-send rows changed since."),
+    ],
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Send again every row changed at or after --since (upserts: replays do no harm)."""
+    import asyncio
+    from datetime import datetime
+
+    from apex_metrics.sync.errors import SyncError
+    from apex_metrics.sync.status import replay
+
+    text = since.strip()
+    try:
+        when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise SyncError(
+            f"--since {since!r}: must be an ISO 8601 time", hint="e.g. 2026-01-31T00:00:00Z"
+        ) from None
+    url = _sync_settings(database_url, None).require("database_url")
+    count = asyncio.run(replay(url, when))
+    if as_json:
+        print_json({"requeued": count, "since": when.isoformat()})
+    else:
+        console.print(f"re-queued {count} row(s) changed since {when.isoformat()}", markup=False)
+
+
+@app.command("reconcile")
+def reconcile_command(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Re-queue rows missing or different in Dataverse.")
+    ] = False,
+    database_url: DatabaseUrlOption = None,
+    url: DataverseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compare every key and value in Dataverse with PostgreSQL (missing, extra, different).
+
+    Exit status 1 when differences remain (with --repair: rows that re-queuing cannot fix).
+    """
+    import asyncio
+
+    from apex_metrics.sync.commands import reconcile_lines, run_reconcile
+    from apex_metrics.sync.errors import ReconcileError
+
+    report = asyncio.run(run_reconcile(_sync_settings(database_url, url), repair=repair))
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for line in reconcile_lines(report):
+            console.print(line, markup=False, highlight=False)
+    unfixable = report.extra + report.duplicated
+    if (not repair and not report.clean) or unfixable:
+        raise ReconcileError(
+            f"PostgreSQL and Dataverse differ ({report.missing} missing, {report.different} "
+            f"different, {report.extra} extra, {report.duplicated} duplicated)",
+            hint="`apex-metrics reconcile --repair` re-queues missing and different rows",
+        )
+
+
 # --- panel --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,314 @@
+"""The panel's routes: page, login, JSON API, CSV export, SSE, health."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import html
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from apex_metrics.panel.kpis import Totals, bucket_starts, bucket_width, jsonable, kpi_payload
+from apex_metrics.panel.live import Broadcaster, sse_payload
+from apex_metrics.panel.params import (
+    FILTER_PARAMS,
+    Filters,
+    check_known,
+    parse_filters,
+    parse_limit,
+)
+from apex_metrics.panel.security import COOKIE, login_form, session_value
+from apex_metrics.panel.sources import RUN_FIELDS, Source, SyncHealthReader
+
+PANEL_DIR: Final = Path(str(resources.files("apex_metrics.panel")))
+TEMPLATES: Final = PANEL_DIR / "templates"
+SSE_PING_SECONDS: Final = 15
+
+router = APIRouter()
+
+
+@dataclass
+class PanelState:
+    """What the routes share (built by the app's lifespan)."""
+
+    source: Source
+    sync: SyncHealthReader | None
+    broadcaster: Broadcaster
+    token: Any = None  # SecretStr | None
+    secure_cookie: bool = False
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def state(request: Request) -> PanelState:
+    panel: PanelState = request.app.state.panel
+    return panel
+
+
+def filters_of(request: Request, extra: frozenset[str] = frozenset()) -> Filters:
+    params = dict(request.query_params)
+    check_known(params, FILTER_PARAMS | extra)
+    return parse_filters(params)
+
+
+def window_json(filters: Filters) -> dict[str, Any]:
+    return {
+        "name": filters.window_name,
+        "start": filters.window.start.isoformat(),
+        "end": filters.window.end.isoformat(),
+    }
+
+
+def figures_json(totals: Totals) -> dict[str, Any]:
+    return {key: jsonable(value) for key, value in totals.figures().items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Page, login, health
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(TEMPLATES / "index.html", headers={"Cache-Control": "no-store"})
+
+
+def _login_page(message: str = "", status: int = 200, next_path: str = "/") -> HTMLResponse:
+    text = (TEMPLATES / "login.html").read_text(encoding="utf-8")
+    text = text.replace("{{error}}", html.escape(message)).replace(
+        "{{next}}", html.escape(next_path, quote=True)
+    )
+    return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/login", include_in_schema=False)
+async def login_page(request: Request) -> HTMLResponse:
+    from apex_metrics.panel.security import safe_next
+
+    return _login_page(next_path=safe_next(request.query_params.get("next")))
+
+
+@router.post("/login", include_in_schema=False)
+async def login(request: Request) -> Response:
+    panel = state(request)
+    token_text, next_path = await login_form(request)
+    if panel.token is None:
+        return Response(status_code=303, headers={"Location": next_path})
+    import hmac
+
+    if not hmac.compare_digest(token_text.encode(), panel.token.get_secret_value().encode()):
+        return _login_page("Wrong token.", status=401, next_path=next_path)
+    response = Response(status_code=303, headers={"Location": next_path})
+    response.set_cookie(
+        COOKIE,
+        session_value(panel.token),
+        httponly=True,
+        samesite="strict",
+        secure=panel.secure_cookie or request.url.scheme == "https",
+        max_age=7 * 86400,
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout", include_in_schema=False)
+async def logout() -> Response:
+    response = Response(status_code=303, headers={"Location": "/login"})
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness and source reachability (no authentication, no details)."""
+    panel = state(request)
+    try:
+        await asyncio.wait_for(panel.source.last_run_at(), timeout=5)
+    except Exception:
+        return JSONResponse({"status": "degraded", "source": panel.source.name}, status_code=503)
+    return JSONResponse({"status": "ok", "source": panel.source.name})
+
+
+@router.get("/static/vendor/plotly.min.js", include_in_schema=False)
+async def plotly_js() -> FileResponse:
+    """Plotly.js from the installed ``plotly`` package (never copied into the repository)."""
+    path = Path(str(resources.files("plotly").joinpath("package_data", "plotly.min.js")))
+    return FileResponse(
+        path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# JSON API
+
+
+@router.get("/api/kpis", tags=["api"])
+async def kpis(request: Request) -> dict[str, Any]:
+    """KPI tiles for the window, each with its change against the previous window.
+
+    Query: window=1h|24h|7d|30d|custom (default 24h), from & to (ISO 8601, custom only),
+    campaign, phase."""
+    panel = state(request)
+    filters = filters_of(request)
+    previous = filters.window.previous()
+    current, before = await asyncio.gather(
+        panel.source.totals(filters, filters.window), panel.source.totals(filters, previous)
+    )
+    return {
+        "source": panel.source.name,
+        "window": window_json(filters),
+        "previous": {"start": previous.start.isoformat(), "end": previous.end.isoformat()},
+        "filters": filters.query_args(),
+        "tiles": kpi_payload(current, before),
+    }
+
+
+@router.get("/api/series", tags=["api"])
+async def series(request: Request) -> dict[str, Any]:
+    """Figures per time bucket (cost, tokens, p95 of run p95s, success rate, …)."""
+    panel = state(request)
+    filters = filters_of(request)
+    width = bucket_width(filters.window)
+    points = dict(await panel.source.series(filters, width))
+    out = []
+    for start in bucket_starts(filters.window, width):
+        totals = points.get(start, Totals())
+        out.append({"t": start.isoformat(), **figures_json(totals)})
+    return {
+        "source": panel.source.name,
+        "window": window_json(filters),
+        "bucket_seconds": width,
+        "points": out,
+    }
+
+
+@router.get("/api/campaigns", tags=["api"])
+async def campaigns(request: Request) -> dict[str, Any]:
+    """Per-campaign breakdown of the window, biggest cost first (limit 1–500, default 50)."""
+    panel = state(request)
+    filters = filters_of(request, frozenset({"limit"}))
+    limit = parse_limit(request.query_params, 50, 500)
+    rows = await panel.source.campaigns(filters, limit)
+    return {
+        "source": panel.source.name,
+        "window": window_json(filters),
+        "campaigns": [{"campaign_id": cid, **figures_json(t)} for cid, t in rows],
+    }
+
+
+def run_json(run: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in RUN_FIELDS:
+        value = run.get(key)
+        if isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.astimezone(UTC).isoformat()
+        out[key] = value
+    return out
+
+
+@router.get("/api/runs", tags=["api"])
+async def runs(request: Request) -> dict[str, Any]:
+    """The newest runs of the window (limit 1–1000, default 50)."""
+    panel = state(request)
+    filters = filters_of(request, frozenset({"limit"}))
+    limit = parse_limit(request.query_params, 50, 1000)
+    rows = [run_json(r) async for r in panel.source.runs(filters, limit)]
+    return {"source": panel.source.name, "window": window_json(filters), "runs": rows}
+
+
+@router.get("/api/runs.csv", tags=["api"], response_class=StreamingResponse)
+async def runs_csv(request: Request) -> StreamingResponse:
+    """The window's runs as CSV, newest first (limit 1–1,000,000, default 100,000)."""
+    panel = state(request)
+    filters = filters_of(request, frozenset({"limit"}))
+    limit = parse_limit(request.query_params, 100_000, 1_000_000)
+
+    async def lines() -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(RUN_FIELDS)
+        count = 0
+        async for run in panel.source.runs(filters, limit):
+            writer.writerow(["" if v is None else v for v in run_json(run).values()])
+            count += 1
+            if count % 500 == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    stamp = filters.window.end.strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="apex-runs-{stamp}.csv"'},
+    )
+
+
+@router.get("/api/options", tags=["api"])
+async def options(request: Request) -> dict[str, Any]:
+    """Campaigns and phases seen recently (for the filter lists)."""
+    check_known(dict(request.query_params), ())
+    return {"source": state(request).source.name, **await state(request).source.options()}
+
+
+@router.get("/api/sync", tags=["api"])
+async def sync(request: Request) -> dict[str, Any]:
+    """Freshness (last run N s ago) and sync health: pending, in flight, dead, lag, last runs."""
+    check_known(dict(request.query_params), ())
+    panel = state(request)
+    now = datetime.now(UTC)
+    last = await panel.source.last_run_at()
+    health: dict[str, Any]
+    if panel.sync is None:
+        health = {"sync_engine": None, "message": "PostgreSQL not configured: no sync health"}
+    else:
+        health = await panel.sync.read()
+        for run in health.get("runs", []):
+            for key in ("started_at", "ended_at"):
+                if isinstance(run.get(key), datetime):
+                    run[key] = run[key].astimezone(UTC).isoformat()
+    return {
+        "source": panel.source.name,
+        "now": now.isoformat(),
+        "last_run_at": last.astimezone(UTC).isoformat() if last else None,
+        "last_run_seconds_ago": round((now - last).total_seconds(), 1) if last else None,
+        **health,
+    }
+
+
+@router.get("/api/events", tags=["api"])
+async def events(request: Request) -> EventSourceResponse:
+    """Server-sent events: ``hello`` on connect, then ``change`` whenever the source changes."""
+    check_known(dict(request.query_params), ())
+    panel = state(request)
+
+    async def stream() -> AsyncIterator[ServerSentEvent | dict[str, str]]:
+        async with panel.broadcaster.subscribe() as queue:
+            yield ServerSentEvent(
+                data='{"type": "hello"}', event="hello", retry=1000
+            )  # the page refetches on (re)connect
+            while not panel.stopping.is_set():
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except TimeoutError:
+                    continue
+                yield sse_payload(event)
+
+    return EventSourceResponse(
+        stream(), ping=SSE_PING_SECONDS, send_timeout=10, headers={"Cache-Control": "no-store"}
+    )
+
+
+def seconds(delta: timedelta) -> float:
+    return delta.total_seconds()

@@ -1,0 +1,196 @@
+"""The panel's FastAPI app: factory, lifespan (pool, HTTP client, watcher), error handlers, serve.
+
+``create_app(config)`` builds the app; its lifespan opens the source (a PostgreSQL pool, or a
+Dataverse client plus an optional pool for sync health), starts the change watcher and closes
+everything on shutdown. ``serve(config)`` runs it under uvicorn (used by ``apex-metrics panel``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import SecretStr
+
+from apex_metrics import __version__
+from apex_metrics.exceptions import ApexMetricsError, ConfigError
+from apex_metrics.panel.api import PANEL_DIR, PanelState, router
+from apex_metrics.panel.live import Broadcaster, Watcher, listen
+from apex_metrics.panel.params import BadParameter
+from apex_metrics.panel.security import CSP, SecurityMiddleware, check_bind
+from apex_metrics.panel.sources import PostgresSource, Source, SyncHealthReader
+from apex_metrics.settings import Settings
+
+log = logging.getLogger(__name__)
+SourceKind = Literal["dataverse", "postgres"]
+
+
+@dataclass
+class PanelConfig:
+    """How to serve the panel."""
+
+    source: SourceKind = "postgres"
+    database_url: str | None = None
+    settings: Settings | None = None  # Dataverse credentials (source="dataverse")
+    token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    watch_interval: float = 1.0
+    use_rollup: bool = True
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        source: SourceKind | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+    ) -> PanelConfig:
+        chosen: SourceKind = source or ("dataverse" if settings.dataverse_url else "postgres")
+        return cls(
+            source=chosen,
+            database_url=settings.database_url,
+            settings=settings,
+            token=settings.panel_token,
+            host=host,
+            port=port,
+        )
+
+
+def docs_csp() -> str:
+    """A CSP for /docs that allows Swagger UI's CDN files and exactly its one inline script."""
+    page = bytes(get_swagger_ui_html(openapi_url="/openapi.json", title="apex-metrics panel").body)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in re.findall(r"<script>(.*?)</script>", page.decode(), re.S)
+    )
+    cdn = "https://cdn.jsdelivr.net"
+    return (
+        f"default-src 'self'; script-src 'self' {cdn} {hashes}; style-src 'self' {cdn}; "
+        "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
+
+
+async def open_source(
+    config: PanelConfig, stack: contextlib.AsyncExitStack
+) -> tuple[Source, SyncHealthReader | None]:
+    """Open the configured source (closed by ``stack``) and, when PostgreSQL is configured,
+    the sync-health reader."""
+    from apex_metrics.db import open_pool
+
+    pool = None
+    if config.database_url:
+        try:
+            pool = await stack.enter_async_context(
+                open_pool(config.database_url, min_size=1, max_size=8)
+            )
+        except ApexMetricsError:
+            if config.source == "postgres":
+                raise
+            log.warning("panel: PostgreSQL unavailable; sync health will not be shown")
+    sync_reader = SyncHealthReader(pool) if pool is not None else None
+    if config.source == "postgres":
+        if pool is None:
+            raise ConfigError(
+                "the postgres source needs APEX_DATABASE_URL",
+                hint="set APEX_DATABASE_URL, or use --source dataverse",
+            )
+        return PostgresSource(pool, use_rollup=config.use_rollup), sync_reader
+    from apex_metrics.panel.dataverse_source import open_dataverse_source
+
+    if config.settings is None:
+        raise ConfigError("the dataverse source needs settings")
+    source = await stack.enter_async_context(open_dataverse_source(config.settings))
+    return source, sync_reader
+
+
+def create_app(config: PanelConfig) -> FastAPI:
+    """The panel app for ``config``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            source, sync_reader = await open_source(config, stack)
+            broadcaster = Broadcaster()
+            panel = PanelState(
+                source=source,
+                sync=sync_reader,
+                broadcaster=broadcaster,
+                token=config.token,
+            )
+            app.state.panel = panel
+            wake = asyncio.Event()
+            watcher = Watcher(
+                source.watermark,
+                source.last_run_at,
+                broadcaster,
+                interval=config.watch_interval,
+                wake=wake,
+            )
+            tasks = [asyncio.create_task(watcher.run(), name="panel-watcher")]
+            if config.source == "postgres" and config.database_url:
+                tasks.append(
+                    asyncio.create_task(
+                        listen(config.database_url, "apex_metrics_panel", wake),
+                        name="panel-listener",
+                    )
+                )
+            try:
+                yield
+            finally:
+                panel.stopping.set()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(
+        title="apex-metrics MetricsPanel",
+        version=__version__,
+        description="Live campaign KPIs: JSON API, CSV export and server-sent events.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=PANEL_DIR / "static"), name="static")
+
+    @app.exception_handler(BadParameter)
+    async def bad_parameter(request: Request, exc: BadParameter) -> JSONResponse:
+        return JSONResponse({"error": exc.message, "parameter": exc.name}, status_code=400)
+
+    @app.exception_handler(ApexMetricsError)
+    async def our_error(request: Request, exc: ApexMetricsError) -> JSONResponse:
+        return JSONResponse({"error": exc.one_line()}, status_code=503)
+
+    app.add_middleware(SecurityMiddleware, token=config.token, docs_csp=docs_csp())
+    return app
+
+
+async def serve(config: PanelConfig) -> None:
+    """Serve the panel until interrupted (``apex-metrics panel``)."""
+    import uvicorn
+
+    check_bind(config.host, config.token)
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=config.host, port=config.port, log_level="info", lifespan="on",
+            proxy_headers=False, server_header=False,
+        )
+    )  # fmt: skip
+    await server.serve()
+
+
+__all__ = ["CSP", "PanelConfig", "create_app", "serve"]

@@ -1,0 +1,255 @@
+"""The Dataverse source: what reached Dataverse is what the panel shows.
+
+Every figure comes from ``$apply`` aggregates of ``apex_campaignmetricses`` (sum and ``$count``
+only, so that results of split ranges combine exactly); the client splits a window that holds
+more than 50,000 records (0x8004E023) and merges the parts. ``$apply`` cannot group by a
+DateTime, so time buckets are **one aggregate per bucket**, each filtered on its
+``apex_createdat`` range, sent concurrently (at most ``concurrency`` at a time). The p95 of run
+p95s groups by ``apex_latencyp95ms`` (an Integer, which may be grouped) and builds the same
+histogram as PostgreSQL. The change watermark is the newest ``versionnumber``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final, TypeVar
+
+from apex_metrics.dataverse.client import DataverseClient
+from apex_metrics.metric import DATAVERSE_TO_PG, ENTITY_SET, PG_TO_DATAVERSE
+from apex_metrics.panel.kpis import (
+    MONEY,
+    Totals,
+    Window,
+    bucket_starts,
+    histogram,
+    p95_from_histogram,
+)
+from apex_metrics.panel.params import Filters
+from apex_metrics.panel.sources import RUN_FIELDS, Series
+from apex_metrics.settings import Settings
+
+T = TypeVar("T")
+CREATED: Final = "apex_createdat"
+SUMS: Final = (
+    ("apex_costusd", "cost"),
+    ("apex_tokensin", "tin"),
+    ("apex_tokensout", "tout"),
+    ("apex_agentstotal", "agents"),
+    ("apex_agentssuccessful", "ok"),
+    ("apex_assetsgenerated", "assets"),
+    ("apex_latencyavgms", "latsum"),
+)
+SUM_APPLY: Final = "aggregate($count as runs," + ",".join(
+    f"{column} with sum as {alias}" for column, alias in SUMS
+) + ")"  # fmt: skip
+
+
+def odata_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def odata_datetime(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _decimal(value: Any) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    return Decimal(str(value)).quantize(MONEY)
+
+
+def _int(value: Any) -> int:
+    return 0 if value is None else int(value)
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+class DataverseSource:
+    """Runs as they are in Dataverse, read through ``DataverseClient``."""
+
+    name = "dataverse"
+
+    def __init__(self, client: DataverseClient, *, concurrency: int = 8) -> None:
+        self.client = client
+        self._limit = asyncio.Semaphore(concurrency)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(filters: Filters, *extra: str) -> str:
+        parts = list(extra)
+        if filters.campaign is not None:
+            parts.append(f"apex_campaignid eq {odata_string(filters.campaign)}")
+        if filters.phase is not None:
+            parts.append(f"apex_phase eq {odata_string(filters.phase)}")
+        return " and ".join(parts)
+
+    def _apply(self, filters: Filters, apply: str, *extra: str) -> str:
+        where = self._where(filters, *extra)
+        return f"filter({where})/{apply}" if where else apply
+
+    async def _aggregate(self, apply: str, window: Window) -> list[dict[str, Any]]:
+        async with self._limit:
+            return await self.client.aggregate(
+                ENTITY_SET, apply, time_column=CREATED, start=window.start, end=window.end
+            )
+
+    async def _gather(self, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+        return list(await asyncio.gather(*(call() for call in calls)))
+
+    # -- Source ------------------------------------------------------------------------------
+
+    async def totals(self, filters: Filters, window: Window) -> Totals:
+        sums, latency_runs, p95 = await asyncio.gather(
+            self._aggregate(self._apply(filters, SUM_APPLY), window),
+            self._aggregate(
+                self._apply(filters, "aggregate($count as n)", "apex_latencyavgms ne null"),
+                window,
+            ),
+            self._p95(filters, window),
+        )
+        return self._totals(sums[0] if sums else {}, latency_runs, p95)
+
+    @staticmethod
+    def _totals(row: dict[str, Any], latency_runs: list[dict[str, Any]], p95: int | None) -> Totals:
+        return Totals(
+            runs=_int(row.get("runs")),
+            cost_usd=_decimal(row.get("cost")),
+            tokens_in=_int(row.get("tin")),
+            tokens_out=_int(row.get("tout")),
+            agents_total=_int(row.get("agents")),
+            agents_successful=_int(row.get("ok")),
+            assets_generated=_int(row.get("assets")),
+            latency_avg_sum=_int(row.get("latsum")),
+            latency_avg_runs=_int(latency_runs[0].get("n")) if latency_runs else 0,
+            latency_p95_ms=p95,
+        )
+
+    async def _p95(self, filters: Filters, window: Window) -> int | None:
+        rows = await self._aggregate(
+            self._apply(
+                filters,
+                "groupby((apex_latencyp95ms),aggregate($count as n))",
+                "apex_latencyp95ms ne null",
+            ),
+            window,
+        )
+        pairs = [
+            (int(r["apex_latencyp95ms"]), int(r["n"]))
+            for r in rows
+            if r.get("apex_latencyp95ms") is not None
+        ]
+        return p95_from_histogram(histogram(pairs))
+
+    async def series(self, filters: Filters, width: int) -> Series:
+        step = timedelta(seconds=width)
+        starts = bucket_starts(filters.window, width)
+
+        async def one(start: datetime) -> tuple[datetime, Totals]:
+            window = Window(max(start, filters.window.start), min(start + step, filters.window.end))
+            return start, await self.totals(filters, window)
+
+        points = await asyncio.gather(*(one(s) for s in starts))
+        return [(start, totals) for start, totals in points if totals.runs > 0]
+
+    async def campaigns(self, filters: Filters, limit: int) -> list[tuple[str, Totals]]:
+        window = filters.window
+        groups, latency_runs = await asyncio.gather(
+            self._aggregate(
+                self._apply(filters, f"groupby((apex_campaignid),{SUM_APPLY})"), window
+            ),
+            self._aggregate(
+                self._apply(
+                    filters,
+                    "groupby((apex_campaignid),aggregate($count as n))",
+                    "apex_latencyavgms ne null",
+                ),
+                window,
+            ),
+        )
+        lat = {r["apex_campaignid"]: [r] for r in latency_runs}
+        out = [
+            (str(r["apex_campaignid"]), self._totals(r, lat.get(r["apex_campaignid"], []), None))
+            for r in groups
+        ]
+        out = [item for item in out if item[1].runs > 0]
+        out.sort(key=lambda item: (-item[1].cost_usd, item[0]))
+        return out[:limit]
+
+    async def runs(self, filters: Filters, limit: int) -> AsyncIterator[dict[str, Any]]:
+        window = filters.window
+        where = self._where(
+            filters,
+            f"{CREATED} ge {odata_datetime(window.start)}",
+            f"{CREATED} lt {odata_datetime(window.end)}",
+        )
+        count = 0
+        async for row in self.client.query(
+            ENTITY_SET,
+            select=[PG_TO_DATAVERSE[name] for name in RUN_FIELDS],
+            filter=where,
+            orderby=f"{CREATED} desc,apex_runid desc",
+            page_size=min(limit, 5000),
+        ):
+            yield self._run(row)
+            count += 1
+            if count >= limit:
+                return
+
+    @staticmethod
+    def _run(row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for column, name in DATAVERSE_TO_PG.items():
+            value = row.get(column)
+            if value is not None and name == "cost_usd":
+                value = _decimal(value)
+            elif value is not None and name == "success_rate":
+                value = Decimal(str(value)).quantize(Decimal("0.01"))
+            elif value is not None and name == "created_at":
+                value = _parse_time(str(value))
+            out[name] = value
+        return out
+
+    async def options(self) -> dict[str, list[str]]:
+        end = datetime.now(UTC)
+        rows = await self._aggregate(
+            "groupby((apex_campaignid,apex_phase),aggregate($count as n))",
+            Window(end - timedelta(days=90), end),
+        )
+        campaigns = sorted({str(r["apex_campaignid"]) for r in rows if r.get("apex_campaignid")})
+        phases = sorted({str(r["apex_phase"]) for r in rows if r.get("apex_phase")})
+        return {"campaigns": campaigns, "phases": phases}
+
+    async def _newest(self, column: str) -> Any:
+        async for row in self.client.query(
+            ENTITY_SET, select=[column], orderby=f"{column} desc", page_size=1
+        ):
+            return row.get(column)
+        return None
+
+    async def last_run_at(self) -> datetime | None:
+        value = await self._newest(CREATED)
+        return _parse_time(str(value)) if value else None
+
+    async def watermark(self) -> str:
+        return str(await self._newest("versionnumber"))
+
+
+@contextlib.asynccontextmanager
+async def open_dataverse_source(settings: Settings) -> AsyncIterator[DataverseSource]:
+    """A Dataverse source for the configured environment (client from ``open_dataverse``)."""
+    from apex_metrics.dataverse import client as client_module
+
+    opener = getattr(client_module, "open_dataverse", None)
+    if opener is None:  # pragma: no cover - until the client ships its opener
+        from apex_metrics.exceptions import ConfigError
+
+        raise ConfigError("this build has no Dataverse client opener (open_dataverse)")
+    async with opener(settings) as client:
+        yield DataverseSource(client)

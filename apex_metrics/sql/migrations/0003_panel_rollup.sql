@@ -1,0 +1,188 @@
+-- MetricsPanel: an hourly rollup of campaign_metrics, kept up to date incrementally by
+-- statement-level triggers, so that every window reads a few hundred thousand rows at most.
+--
+-- apex_metrics_panel_rollup      (hour, campaign_id, phase) -> sums (never averages)
+-- apex_metrics_panel_latency_hist (hour, bucket) -> runs: a histogram of latency_p95_ms in
+--                                 log-linear buckets (exact below 64 ms, 32 sub-buckets per
+--                                 power of two above: each bucket spans at most 1/32 of its value)
+-- apex_metrics_panel_change_seq  bumped by every statement that changes what the panel shows
+-- NOTIFY apex_metrics_panel      sent (at commit) by the same statements
+
+CREATE TABLE IF NOT EXISTS apex_metrics_panel_rollup (
+    hour timestamptz NOT NULL,
+    campaign_id varchar(64) NOT NULL,
+    phase varchar(16),
+    runs bigint NOT NULL DEFAULT 0,
+    cost_usd numeric NOT NULL DEFAULT 0,
+    tokens_in bigint NOT NULL DEFAULT 0,
+    tokens_out bigint NOT NULL DEFAULT 0,
+    agents_total bigint NOT NULL DEFAULT 0,
+    agents_successful bigint NOT NULL DEFAULT 0,
+    assets_generated bigint NOT NULL DEFAULT 0,
+    latency_avg_sum bigint NOT NULL DEFAULT 0,
+    latency_avg_runs bigint NOT NULL DEFAULT 0,
+    latency_p95_runs bigint NOT NULL DEFAULT 0,
+    CONSTRAINT apex_metrics_panel_rollup_key UNIQUE NULLS NOT DISTINCT (hour, campaign_id, phase)
+);
+
+CREATE TABLE IF NOT EXISTS apex_metrics_panel_latency_hist (
+    hour timestamptz NOT NULL,
+    bucket smallint NOT NULL,
+    runs bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, bucket)
+);
+
+CREATE SEQUENCE IF NOT EXISTS apex_metrics_panel_change_seq;
+
+CREATE INDEX IF NOT EXISTS apex_metrics_panel_campaign_created
+    ON campaign_metrics (campaign_id, created_at);
+
+-- The bucket of a latency: v itself below 64, else 64 + 32 per power of two + 5 mantissa bits.
+CREATE OR REPLACE FUNCTION apex_metrics_latency_bucket(v integer) RETURNS smallint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE WHEN v < 64 THEN v
+        ELSE 64 + (e - 6) * 32 + ((v >> (e - 5)) - 32) END::smallint
+    FROM (SELECT 32 - position('1' IN v::bit(32)::text) AS e) AS x
+$$;
+
+-- The largest latency that falls in a bucket (what the panel reports for a percentile).
+CREATE OR REPLACE FUNCTION apex_metrics_latency_bucket_upper(b integer) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE WHEN b < 64 THEN b
+        ELSE (((32 + (b - 64) % 32 + 1)::bigint << (6 + (b - 64) / 32 - 5)) - 1)::integer END
+$$;
+
+CREATE OR REPLACE FUNCTION apex_metrics_panel_rollup_apply() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    delta text;
+    changed bigint;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE apex_metrics_panel_rollup, apex_metrics_panel_latency_hist;
+        PERFORM nextval('apex_metrics_panel_change_seq');
+        PERFORM pg_notify('apex_metrics_panel', '');
+        RETURN NULL;
+    END IF;
+
+    -- Signed delta rows: +1 for new versions, -1 for old ones. Updates that leave every column
+    -- the panel reads unchanged (sync bookkeeping) contribute nothing. The transition tables
+    -- are visible to EXECUTE, so one statement serves the three operations.
+    IF TG_OP = 'INSERT' THEN
+        delta := 'SELECT 1 AS sign, n.* FROM new_rows n';
+    ELSIF TG_OP = 'DELETE' THEN
+        delta := 'SELECT -1 AS sign, o.* FROM old_rows o';
+    ELSE
+        delta := $d$
+            SELECT s.* FROM old_rows o JOIN new_rows n ON n.id = o.id
+            CROSS JOIN LATERAL (
+                SELECT -1 AS sign, o.* UNION ALL SELECT 1 AS sign, n.*
+            ) AS s
+            WHERE (o.created_at, o.campaign_id, o.phase, o.cost_usd, o.tokens_in, o.tokens_out,
+                   o.agents_total, o.agents_successful, o.assets_generated, o.latency_avg_ms,
+                   o.latency_p95_ms)
+                  IS DISTINCT FROM
+                  (n.created_at, n.campaign_id, n.phase, n.cost_usd, n.tokens_in, n.tokens_out,
+                   n.agents_total, n.agents_successful, n.assets_generated, n.latency_avg_ms,
+                   n.latency_p95_ms)
+        $d$;
+    END IF;
+
+    -- Keys in a fixed order, so that concurrent writers lock rollup rows in the same order.
+    EXECUTE format($q$
+        WITH delta AS MATERIALIZED (%s),
+        rolled AS (
+            INSERT INTO apex_metrics_panel_rollup AS r (
+                hour, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+                agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+                latency_p95_runs
+            )
+            SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+                   campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+                   coalesce(sum(sign * tokens_in::bigint), 0),
+                   coalesce(sum(sign * tokens_out::bigint), 0),
+                   coalesce(sum(sign * agents_total::bigint), 0),
+                   coalesce(sum(sign * agents_successful::bigint), 0),
+                   coalesce(sum(sign * assets_generated::bigint), 0),
+                   coalesce(sum(sign * latency_avg_ms::bigint), 0),
+                   coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+                   coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+            FROM delta
+            GROUP BY 1, 2, 3
+            ORDER BY 1, 2, 3
+            ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_key DO UPDATE SET
+                runs = r.runs + excluded.runs,
+                cost_usd = r.cost_usd + excluded.cost_usd,
+                tokens_in = r.tokens_in + excluded.tokens_in,
+                tokens_out = r.tokens_out + excluded.tokens_out,
+                agents_total = r.agents_total + excluded.agents_total,
+                agents_successful = r.agents_successful + excluded.agents_successful,
+                assets_generated = r.assets_generated + excluded.assets_generated,
+                latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+                latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+                latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+            RETURNING 1
+        ),
+        hist AS (
+            INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
+            SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+                   apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+            FROM delta
+            WHERE latency_p95_ms IS NOT NULL
+            GROUP BY 1, 2
+            ORDER BY 1, 2
+            ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
+    $q$, delta) INTO changed;
+
+    IF changed > 0 THEN
+        PERFORM nextval('apex_metrics_panel_change_seq');
+        PERFORM pg_notify('apex_metrics_panel', '');
+    END IF;
+    RETURN NULL;
+END;
+$fn$;
+
+CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_insert
+    AFTER INSERT ON campaign_metrics
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+
+CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_update
+    AFTER UPDATE ON campaign_metrics
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+
+CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_delete
+    AFTER DELETE ON campaign_metrics
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+
+CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_truncate
+    AFTER TRUNCATE ON campaign_metrics
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+
+-- Backfill from the rows that exist when the migration runs (empty on a fresh database).
+INSERT INTO apex_metrics_panel_rollup (
+    hour, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+    agents_successful, assets_generated, latency_avg_sum, latency_avg_runs, latency_p95_runs
+)
+SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+       campaign_id, phase, count(*), coalesce(sum(cost_usd), 0),
+       coalesce(sum(tokens_in::bigint), 0), coalesce(sum(tokens_out::bigint), 0),
+       coalesce(sum(agents_total::bigint), 0), coalesce(sum(agents_successful::bigint), 0),
+       coalesce(sum(assets_generated::bigint), 0), coalesce(sum(latency_avg_ms::bigint), 0),
+       count(latency_avg_ms), count(latency_p95_ms)
+FROM campaign_metrics
+GROUP BY 1, 2, 3
+ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_key DO NOTHING;
+
+INSERT INTO apex_metrics_panel_latency_hist (hour, bucket, runs)
+SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+       apex_metrics_latency_bucket(latency_p95_ms), count(*)
+FROM campaign_metrics
+WHERE latency_p95_ms IS NOT NULL
+GROUP BY 1, 2
+ON CONFLICT (hour, bucket) DO NOTHING;

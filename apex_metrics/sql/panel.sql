@@ -1,0 +1,211 @@
+-- MetricsPanel queries (apex_metrics/panel/sources.py).
+--
+-- A window [start, end) is read as full hours [h1, h2) from the hourly rollup plus the partial edge
+-- hours [start, h1) and [h2, end) from raw rows. The caller passes h1 = h2 = end to read the whole
+-- window from raw rows (short windows, the benchmark's "raw" mode, or filters the latency
+-- histogram cannot serve). campaign and phase are optional filters (NULL = all).
+
+-- name: totals
+-- Sums of one window (never averages: the panel derives rates from sums).
+WITH parts AS (
+    SELECT sum(runs) AS runs, sum(cost_usd) AS cost_usd, sum(tokens_in) AS tokens_in,
+           sum(tokens_out) AS tokens_out, sum(agents_total) AS agents_total,
+           sum(agents_successful) AS agents_successful, sum(assets_generated) AS assets_generated,
+           sum(latency_avg_sum) AS latency_avg_sum, sum(latency_avg_runs) AS latency_avg_runs
+    FROM apex_metrics_panel_rollup
+    WHERE hour >= %(h1)s AND hour < %(h2)s
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+    UNION ALL
+    SELECT count(*), sum(cost_usd), sum(tokens_in), sum(tokens_out), sum(agents_total),
+           sum(agents_successful), sum(assets_generated), sum(latency_avg_ms),
+           count(latency_avg_ms)
+    FROM campaign_metrics
+    WHERE ((created_at >= %(start)s AND created_at < %(h1)s)
+           OR (created_at >= %(h2)s AND created_at < %(end)s))
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+)
+SELECT coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
+       coalesce(sum(tokens_in), 0)::bigint, coalesce(sum(tokens_out), 0)::bigint,
+       coalesce(sum(agents_total), 0)::bigint, coalesce(sum(agents_successful), 0)::bigint,
+       coalesce(sum(assets_generated), 0)::bigint, coalesce(sum(latency_avg_sum), 0)::bigint,
+       coalesce(sum(latency_avg_runs), 0)::bigint
+FROM parts;
+
+-- name: latency_p95
+-- p95 of the runs' latency_p95_ms, read from the latency histogram: the upper edge of the first
+-- bucket where at least 95 percent of the runs lie. The histogram has no campaign or phase: with a
+-- filter the caller passes h1 = h2 = end (raw rows only).
+WITH hist AS (
+    SELECT bucket, runs FROM apex_metrics_panel_latency_hist
+    WHERE hour >= %(h1)s AND hour < %(h2)s
+    UNION ALL
+    SELECT apex_metrics_latency_bucket(latency_p95_ms), 1
+    FROM campaign_metrics
+    WHERE latency_p95_ms IS NOT NULL
+      AND ((created_at >= %(start)s AND created_at < %(h1)s)
+           OR (created_at >= %(h2)s AND created_at < %(end)s))
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+),
+per_bucket AS (
+    SELECT bucket, sum(runs) AS runs FROM hist GROUP BY bucket
+),
+cumulative AS (
+    SELECT bucket, sum(runs) OVER (ORDER BY bucket) AS below,
+           sum(runs) OVER () AS total
+    FROM per_bucket
+)
+SELECT apex_metrics_latency_bucket_upper(min(bucket))
+FROM cumulative
+WHERE total > 0 AND below * 100 >= total * 95;
+
+-- name: series_totals
+-- Sums per time bucket of %(width)s seconds, buckets aligned on 2000-01-01 00:00 UTC.
+WITH parts AS (
+    SELECT date_bin(make_interval(secs => %(width)s), hour,
+                    timestamptz '2000-01-01 00:00:00+00') AS bucket,
+           runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_sum, latency_avg_runs
+    FROM apex_metrics_panel_rollup
+    WHERE hour >= %(h1)s AND hour < %(h2)s
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+    UNION ALL
+    SELECT date_bin(make_interval(secs => %(width)s), created_at,
+                    timestamptz '2000-01-01 00:00:00+00'),
+           1, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_ms, CASE WHEN latency_avg_ms IS NULL THEN 0 ELSE 1 END
+    FROM campaign_metrics
+    WHERE ((created_at >= %(start)s AND created_at < %(h1)s)
+           OR (created_at >= %(h2)s AND created_at < %(end)s))
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+)
+SELECT bucket, coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
+       coalesce(sum(tokens_in), 0)::bigint, coalesce(sum(tokens_out), 0)::bigint,
+       coalesce(sum(agents_total), 0)::bigint, coalesce(sum(agents_successful), 0)::bigint,
+       coalesce(sum(assets_generated), 0)::bigint, coalesce(sum(latency_avg_sum), 0)::bigint,
+       coalesce(sum(latency_avg_runs), 0)::bigint
+FROM parts
+GROUP BY bucket
+ORDER BY bucket;
+
+-- name: series_p95
+-- p95 of run p95s per time bucket (same rule as latency_p95).
+WITH hist AS (
+    SELECT date_bin(make_interval(secs => %(width)s), hour,
+                    timestamptz '2000-01-01 00:00:00+00') AS tb, bucket, runs
+    FROM apex_metrics_panel_latency_hist
+    WHERE hour >= %(h1)s AND hour < %(h2)s
+    UNION ALL
+    SELECT date_bin(make_interval(secs => %(width)s), created_at,
+                    timestamptz '2000-01-01 00:00:00+00'),
+           apex_metrics_latency_bucket(latency_p95_ms), 1
+    FROM campaign_metrics
+    WHERE latency_p95_ms IS NOT NULL
+      AND ((created_at >= %(start)s AND created_at < %(h1)s)
+           OR (created_at >= %(h2)s AND created_at < %(end)s))
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+),
+per_bucket AS (
+    SELECT tb, bucket, sum(runs) AS runs FROM hist GROUP BY tb, bucket
+),
+cumulative AS (
+    SELECT tb, bucket,
+           sum(runs) OVER (PARTITION BY tb ORDER BY bucket) AS below,
+           sum(runs) OVER (PARTITION BY tb) AS total
+    FROM per_bucket
+)
+SELECT tb, apex_metrics_latency_bucket_upper(min(bucket))
+FROM cumulative
+WHERE total > 0 AND below * 100 >= total * 95
+GROUP BY tb
+ORDER BY tb;
+
+-- name: campaigns
+-- Sums per campaign over one window, biggest spenders first.
+WITH parts AS (
+    SELECT campaign_id, runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_sum, latency_avg_runs
+    FROM apex_metrics_panel_rollup
+    WHERE hour >= %(h1)s AND hour < %(h2)s
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+    UNION ALL
+    SELECT campaign_id, 1, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_ms, CASE WHEN latency_avg_ms IS NULL THEN 0 ELSE 1 END
+    FROM campaign_metrics
+    WHERE ((created_at >= %(start)s AND created_at < %(h1)s)
+           OR (created_at >= %(h2)s AND created_at < %(end)s))
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+)
+SELECT campaign_id, coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
+       coalesce(sum(tokens_in), 0)::bigint, coalesce(sum(tokens_out), 0)::bigint,
+       coalesce(sum(agents_total), 0)::bigint, coalesce(sum(agents_successful), 0)::bigint,
+       coalesce(sum(assets_generated), 0)::bigint, coalesce(sum(latency_avg_sum), 0)::bigint,
+       coalesce(sum(latency_avg_runs), 0)::bigint
+FROM parts
+GROUP BY campaign_id
+HAVING sum(runs) > 0
+ORDER BY 3 DESC, campaign_id
+LIMIT %(limit)s;
+
+-- name: runs
+-- The newest runs of a window.
+SELECT run_id, campaign_id, phase, agents_total, agents_successful, assets_generated,
+       tokens_in, tokens_out, cost_usd, latency_p95_ms, latency_avg_ms, success_rate, created_at
+FROM campaign_metrics
+WHERE created_at >= %(start)s AND created_at < %(end)s
+  AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+  AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: filter_options
+-- Campaigns and phases seen in the last 90 days of the rollup (for the filter lists).
+SELECT campaign_id, phase
+FROM apex_metrics_panel_rollup
+WHERE hour >= now() - interval '90 days' AND runs > 0
+GROUP BY campaign_id, phase
+ORDER BY campaign_id, phase
+LIMIT 5000;
+
+-- name: last_run
+-- When the newest run was created.
+SELECT max(created_at) FROM campaign_metrics;
+
+-- name: watermark
+-- Bumped by every statement that changes a column the panel reads.
+SELECT last_value, is_called FROM apex_metrics_panel_change_seq;
+
+-- name: has_sync_engine
+-- Whether the sync engine's migration (sync_runs and the sync_* columns) is applied.
+SELECT to_regclass('sync_runs') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'campaign_metrics'
+                 AND column_name = 'sync_dead_version');
+
+-- name: pending_basic
+-- Pending rows and the age of the oldest one (sync lag), without the sync engine.
+SELECT count(*), min(updated_at) FROM v_campaign_metrics_pending;
+
+-- name: sync_health
+-- Pending, in flight, dead, and the oldest pending row that is neither (sync lag).
+SELECT count(*) FILTER (WHERE sync_dead_version <> version),
+       count(*) FILTER (WHERE sync_lease_until >= now()),
+       count(*) FILTER (WHERE sync_dead_version = version),
+       min(updated_at) FILTER (WHERE sync_dead_version <> version)
+FROM campaign_metrics
+WHERE exported_version < version;
+
+-- name: sync_runs
+-- The newest sync runs (the flow run history).
+SELECT id, worker, started_at, ended_at, claimed, created, updated, failed, dead_lettered,
+       requeued, throttled, error
+FROM sync_runs
+ORDER BY started_at DESC, id DESC
+LIMIT %(limit)s;

@@ -17,6 +17,8 @@ import signal
 import socket
 from dataclasses import dataclass, field
 
+from psycopg import conninfo
+
 from apex_metrics import db
 from apex_metrics.sync.listener import listen
 from apex_metrics.sync.metrics import SyncMetrics
@@ -26,6 +28,7 @@ from apex_metrics.sync.sink import Sink
 from apex_metrics.sync.worker import DB_ERRORS, EngineStats, Worker, WorkerConfig
 
 log = logging.getLogger("apex_metrics.sync")
+APPLICATION_NAME = "apex-metrics-sync"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +77,10 @@ class Engine:
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
         try:
-            async with db.open_pool(
-                self.config.database_url, min_size=1, max_size=self.config.workers + 2
-            ) as pool:
+            url = conninfo.make_conninfo(
+                self.config.database_url, application_name=APPLICATION_NAME
+            )
+            async with db.open_pool(url, min_size=1, max_size=self.config.workers + 2) as pool:
                 queue = Queue(pool)
                 try:
                     await self._prune(queue)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import psycopg
 
 CHANNEL = "apex_metrics_pending"
+APPLICATION_NAME = "apex-metrics-sync-listener"
 log = logging.getLogger("apex_metrics.sync")
 
 
@@ -29,7 +30,9 @@ async def listen(
     delay = 0.2
     while not stop.is_set():
         try:
-            conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                url, autocommit=True, application_name=APPLICATION_NAME
+            )
             async with conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 if on_connect is not None:

@@ -25,9 +25,10 @@ def config(
     once: bool = True,
     workers: int = 1,
     retry: RetryPolicy = FAST,
+    poll_interval: float = 0.05,
 ) -> EngineConfig:
     worker = WorkerConfig(
-        batch_size=batch_size, poll_interval=0.05, lease_seconds=lease_seconds, once=once
+        batch_size=batch_size, poll_interval=poll_interval, lease_seconds=lease_seconds, once=once
     )
     return EngineConfig(database_url=url, workers=workers, worker=worker, retry=retry)
 
@@ -185,3 +186,62 @@ async def test_replay_and_reconcile_repair(database_url: str) -> None:
     assert await replay(database_url, datetime(2000, 1, 1, tzinfo=UTC)) == 30
     stats = await run_once(database_url, sink)
     assert stats.updated == 30
+
+
+async def wait_until(predicate: Any, timeout: float = 15) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_notify_wakes_idle_workers_and_the_listener_reconnects(database_url: str) -> None:
+    """Polling every 10 minutes: only NOTIFY can deliver these rows within the test's timeout."""
+    sink = FakeSink()
+    engine = Engine(config(database_url, once=False, workers=2, poll_interval=600), sink)
+    task = asyncio.create_task(engine.run())
+    try:
+        await asyncio.wait_for(engine.listening.wait(), 15)
+        await asyncio.sleep(0.2)  # let both workers finish their first (empty) drain
+        await insert_rows(database_url, 1, prefix="lone-")
+        await wait_until(lambda: "lone-1" in sink.rows)
+        assert sink.calls[-1] == ["lone-1"]  # a lone row goes out alone, at once
+        engine.listening.clear()
+        killed = await execute(
+            database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'apex-metrics-sync-listener' "
+            "AND datname = current_database()",
+        )
+        assert killed == [(True,)]
+        await asyncio.wait_for(engine.listening.wait(), 15)
+        await asyncio.sleep(0.2)
+        await insert_rows(database_url, 1, prefix="after-")
+        await wait_until(lambda: "after-1" in sink.rows)
+    finally:
+        engine.request_stop()
+        stats = await asyncio.wait_for(task, 15)
+    assert stats.created == 2 and stats.db_errors == 0
+
+
+async def test_workers_survive_terminated_backends(database_url: str) -> None:
+    await insert_rows(database_url, 400)
+    calls = killed = 0
+
+    async def kill_pool_backends(keys: list[str]) -> None:
+        nonlocal calls, killed
+        if calls < 3:
+            calls += 1
+            rows = await execute(
+                database_url,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'apex-metrics-sync' AND datname = current_database()",
+            )
+            killed += sum(1 for r in rows if r[0])
+
+    sink = FakeSink(on_call=kill_pool_backends)
+    stats = await run_once(database_url, sink, batch_size=50, workers=2, lease_seconds=5)
+    assert killed >= 3  # the pool's connections died under the workers, which went on
+    await assert_converged(database_url, sink)
+    assert await scalar(database_url, "SELECT count(*) FROM v_campaign_metrics_pending") == 0

@@ -215,6 +215,11 @@ def _to_string(col: Column, raw: Any) -> str:
         raise _RuleBroken("must be a string")
     if "\x00" in raw:
         raise _RuleBroken("must not contain NUL characters")
+    if not raw.isascii():
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _RuleBroken("must be valid Unicode text (no lone surrogates)") from None
     assert col.max_length is not None
     if len(raw) > col.max_length:
         raise _RuleBroken(f"must be at most {col.max_length} characters (got {len(raw)})")

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from apex_metrics.dataverse.client import DataverseClient
+from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.metric import DATAVERSE_TO_PG, ENTITY_SET, PG_TO_DATAVERSE
 from apex_metrics.panel.kpis import (
     MONEY,
@@ -242,14 +243,10 @@ class DataverseSource:
 
 
 @contextlib.asynccontextmanager
-async def open_dataverse_source(settings: Settings) -> AsyncIterator[DataverseSource]:
-    """A Dataverse source for the configured environment (client from ``open_dataverse``)."""
-    from apex_metrics.dataverse import client as client_module
-
-    opener = getattr(client_module, "open_dataverse", None)
-    if opener is None:  # pragma: no cover - until the client ships its opener
-        from apex_metrics.exceptions import ConfigError
-
-        raise ConfigError("this build has no Dataverse client opener (open_dataverse)")
-    async with opener(settings) as client:
+async def open_dataverse_source(
+    settings: Settings, **client_options: Any
+) -> AsyncIterator[DataverseSource]:
+    """A Dataverse source for ``APEX_DATAVERSE_URL`` (``client_options`` go to
+    ``open_dataverse``, e.g. a test transport)."""
+    async with open_dataverse(settings, **client_options) as client:
         yield DataverseSource(client)

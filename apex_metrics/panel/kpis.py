@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 HOUR: Final = timedelta(hours=1)
@@ -199,7 +199,7 @@ class Totals:
     def figures(self) -> dict[str, Decimal | int | None]:
         """Every KPI tile's value."""
         return {
-            "cost_usd": self.cost_usd.quantize(MONEY, ROUND_HALF_EVEN),
+            "cost_usd": self.cost_usd.quantize(MONEY, ROUND_HALF_UP),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "latency_avg_ms": self.latency_avg_ms,
@@ -217,7 +217,7 @@ class Totals:
 def ratio(numerator: Decimal, denominator: int, quantum: Decimal) -> Decimal | None:
     if denominator == 0:
         return None
-    return (numerator / Decimal(denominator)).quantize(quantum, ROUND_HALF_EVEN)
+    return (numerator / Decimal(denominator)).quantize(quantum, ROUND_HALF_UP)
 
 
 def change(current: Decimal | int | None, previous: Decimal | int | None) -> Decimal | None:

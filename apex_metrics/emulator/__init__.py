@@ -1,0 +1,9 @@
+"""A local server that behaves like the parts of the Dataverse Web API (v9.2) and of Entra ID's
+token endpoint that apex-metrics uses. ``create_app(EmulatorConfig(...))`` gives the ASGI app."""
+
+from __future__ import annotations
+
+from apex_metrics.emulator.app import create_app
+from apex_metrics.emulator.config import EmulatorConfig, FaultSettings, ServiceLimits
+
+__all__ = ["EmulatorConfig", "FaultSettings", "ServiceLimits", "create_app"]

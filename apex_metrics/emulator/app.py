@@ -1,0 +1,251 @@
+"""The emulator's ASGI app: token authority, Web API, and the ``/_emulator/`` admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from apex_metrics.emulator.api import WebApi
+from apex_metrics.emulator.auth import Authority, TokenError, openid_configuration
+from apex_metrics.emulator.config import EmulatorConfig
+from apex_metrics.emulator.errors import ApiError
+from apex_metrics.emulator.faults import DropConnection, FaultInjector, Stats
+from apex_metrics.emulator.limits import Limiter
+from apex_metrics.emulator.messages import JSON_TYPE, ApiRequest, ApiResponse, dumps
+from apex_metrics.emulator.store import Store
+
+log = logging.getLogger("apex_metrics.emulator")
+API_PREFIX = "/api/data/v9.2"
+
+
+class _DropFilter(logging.Filter):
+    """Keep the deliberate dropped connections out of uvicorn's error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DropConnection))
+
+
+class DroppedResponse(Response):
+    """Starts a response, then fails, so the server closes the connection mid-answer."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
+        )
+        raise DropConnection()
+
+
+class Emulator:
+    """State shared by the routes: store, authority, limiter, faults, statistics."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.store = Store(config.db_path)
+        self.authority = Authority(config, self.store.signing_key)
+        self.web = WebApi(config, self.store)
+        self.limiter = Limiter(config.limits)
+        self.faults = FaultInjector(config.faults)
+        self.stats = Stats()
+        self.dop_hint = str(max(1, min(8, config.limits.concurrent_requests)))
+
+    @staticmethod
+    def base(request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}"
+
+    # --- token authority ---------------------------------------------------------------------
+
+    async def token(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        try:
+            data = self.authority.issue(
+                request.path_params["tenant"],
+                body,
+                request.headers.get("authorization"),
+                self.base(request),
+            )
+            response = JSONResponse(data, headers={"Cache-Control": "no-store"})
+        except TokenError as exc:
+            response = JSONResponse(exc.body, status_code=exc.status)
+        self.stats.record(
+            "POST", request.url.path, response.status_code, time.perf_counter() - started, "token"
+        )
+        return response
+
+    async def openid(self, request: Request) -> Response:
+        tenant = request.path_params["tenant"]
+        if tenant.lower() != self.config.tenant_id.lower():
+            return JSONResponse(
+                {
+                    "error": "invalid_tenant",
+                    "error_description": f"AADSTS90002: Tenant '{tenant[:100]}' not found.",
+                },
+                400,
+            )
+        return JSONResponse(openid_configuration(self.base(request), tenant))
+
+    # --- Web API -----------------------------------------------------------------------------
+
+    async def web_api(self, request: Request) -> Response:
+        started = time.perf_counter()
+        base = self.base(request)
+        path = request.url.path[len(API_PREFIX) :]
+        decision = self.faults.decide()
+        if decision.delay:
+            await asyncio.sleep(decision.delay)
+        response = await self._answer(request, base, path, decision.error)
+        seconds = time.perf_counter() - started
+        kind = "batch" if path.strip("/") == "$batch" else "api"
+        self.stats.record(request.method, request.url.path, response.status, seconds, kind)
+        if decision.drop:
+            self.stats.counters["faults.dropped"] += 1
+            return DroppedResponse()
+        return Response(response.body, response.status, response.headers)
+
+    async def _answer(
+        self, request: Request, base: str, path: str, fault: ApiError | None
+    ) -> ApiResponse:
+        try:
+            caller = self.authority.check(request.headers.get("authorization"), base)
+        except ApiError as exc:
+            return ApiResponse.error(exc)
+        if fault is not None:
+            self.stats.counters[f"faults.{fault.status}"] += 1
+            return ApiResponse.error(fault)
+        try:
+            self.limiter.enter(caller.client_id)
+        except ApiError as exc:
+            self.stats.counters["throttled"] += 1
+            return ApiResponse.error(exc)
+        started = time.perf_counter()
+        try:
+            body = await request.body()
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            query = _query_pairs(request.url.query)
+            if query is None:
+                return ApiResponse.error(
+                    ApiError(400, "0x80060888", "The query string is not valid URL-encoded UTF-8.")
+                )
+            api_request = ApiRequest(request.method, path, query, headers, body, base, caller)
+            try:
+                response = self.web.handle(api_request)
+            except Exception:  # a bug of ours: log it, answer like the service, no traceback
+                log.exception("emulator failed on %s %s", request.method, request.url.path)
+                response = ApiResponse.error(
+                    ApiError(500, "0x80040216", "An unexpected error occurred.")
+                )
+        finally:
+            self.limiter.leave(caller.client_id, time.perf_counter() - started)
+        response.headers.setdefault("x-ms-dop-hint", self.dop_hint)
+        state = self.limiter.callers.get(caller.client_id)
+        if state is not None:
+            remaining = self.config.limits.requests_per_window - len(state.starts)
+            response.headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = str(max(0, remaining))
+        return response
+
+    # --- admin API ---------------------------------------------------------------------------
+
+    async def admin_reset(self, request: Request) -> Response:
+        self.store.reset()
+        self.limiter.reset()
+        self.stats.reset()
+        self.store.counts.clear()
+        self.faults.configure(self.faults.settings)
+        return JSONResponse({"reset": True})
+
+    async def admin_faults(self, request: Request) -> Response:
+        if request.method in ("PUT", "PATCH"):
+            try:
+                changes = json.loads(await request.body() or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("the body must be a JSON object of fault settings")
+                base = (
+                    self.faults.settings
+                    if request.method == "PATCH"
+                    else type(self.faults.settings)()
+                )
+                self.faults.configure(base.updated(changes))
+            except ValueError as exc:
+                return JSONResponse(
+                    {"error": {"code": "invalid_fault_settings", "message": str(exc)}}, 400
+                )
+        return JSONResponse(self.faults.settings.to_dict())
+
+    async def admin_stats(self, request: Request) -> Response:
+        data: dict[str, Any] = self.stats.to_dict()
+        data["rows"] = dict(self.store.counts)
+        data["tables"] = {
+            e.entity_set_name: _count(self.store, e.table) for e in self.store.entities.values()
+        }
+        return JSONResponse(data)
+
+
+def _count(store: Store, table: str) -> int:
+    (count,) = store.conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()
+    return int(count)
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]] | None:
+    from urllib.parse import parse_qsl
+
+    try:
+        return parse_qsl(query, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    body = {
+        "error": {
+            "code": "0x80060888",
+            "message": f"Resource not found for the segment '{request.url.path[:100]}'.",
+        }
+    }
+    return Response(dumps(body), 404, media_type=JSON_TYPE)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    body = {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}}
+    return Response(dumps(body), 500, media_type=JSON_TYPE)
+
+
+def create_app(config: EmulatorConfig | None = None) -> Starlette:
+    """The emulator as an ASGI app (state lives in ``app.state.emulator``)."""
+    config = config or EmulatorConfig()
+    emulator = Emulator(config)
+    logging.getLogger("uvicorn.error").addFilter(_DropFilter())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        emulator.store.close()
+
+    methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+    routes = [
+        Route("/{tenant}/oauth2/v2.0/token", emulator.token, methods=["POST"]),
+        Route("/{tenant}/v2.0/.well-known/openid-configuration", emulator.openid, methods=["GET"]),
+        Route("/{tenant}/.well-known/openid-configuration", emulator.openid, methods=["GET"]),
+        Route("/_emulator/reset", emulator.admin_reset, methods=["POST"]),
+        Route("/_emulator/faults", emulator.admin_faults, methods=["GET", "PUT", "PATCH"]),
+        Route("/_emulator/stats", emulator.admin_stats, methods=["GET"]),
+        Route(API_PREFIX, emulator.web_api, methods=methods),
+        Route(API_PREFIX + "/{path:path}", emulator.web_api, methods=methods),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _not_found, 500: _server_error},
+    )
+    app.state.emulator = emulator
+    return app

@@ -1,0 +1,134 @@
+"""``POST $batch``: requests run in order; change sets are atomic and resolve ``$n`` references.
+
+Without ``Prefer: odata.continue-on-error`` the first failure stops the batch, which answers 400
+with only that failure; with it every request runs and the batch answers 200. A failed change
+set is answered by one response (the failing request's), as the OData spec says.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from apex_metrics.dataverse.multipart import (
+    BatchPart,
+    BatchResponseItem,
+    BatchResponsePart,
+    ChangeSet,
+    ChangeSetResponse,
+    MultipartError,
+    decode_batch_request,
+    encode_batch_response,
+)
+from apex_metrics.emulator.errors import UNKNOWN_PROPERTY, ApiError, bad_request
+from apex_metrics.emulator.messages import ApiRequest, ApiResponse, split_target
+from apex_metrics.emulator.store import Store
+
+MAX_REQUESTS = 1000
+_REFERENCE = re.compile(r"^\$(\w+)(.*)$", re.DOTALL)
+
+Dispatch = Callable[[ApiRequest], ApiResponse]
+
+
+class _ChangeSetFailed(Exception):
+    def __init__(self, response: BatchResponseItem) -> None:
+        self.response = response
+
+
+def _item(response: ApiResponse, content_id: str | None = None) -> BatchResponseItem:
+    return BatchResponseItem(response.status, response.headers, response.body, content_id)
+
+
+def _error_item(exc: ApiError, content_id: str | None = None) -> BatchResponseItem:
+    return _item(ApiResponse.error(exc), content_id)
+
+
+def _sub_request(outer: ApiRequest, part: BatchPart, references: dict[str, str]) -> ApiRequest:
+    url = part.url.strip()
+    match = _REFERENCE.match(url)
+    if match is not None:
+        location = references.get(match.group(1))
+        if location is None:
+            raise bad_request(
+                f"Content-ID Reference: '${match.group(1)}' does not exist in the batch context."
+            )
+        url = location + match.group(2)
+    target = split_target(url, outer.base)
+    if target is None:
+        raise bad_request(f"The batch request URL '{url[:200]}' is not under /api/data/v9.2/.")
+    path, query = target
+    if path.strip("/") == "$batch":
+        raise bad_request("Batches cannot be nested.")
+    headers = {name.lower(): value for name, value in part.headers.items()}
+    return ApiRequest(
+        part.method, path, query, headers, part.body or b"", outer.base, outer.caller, True
+    )
+
+
+def run_batch(request: ApiRequest, store: Store, dispatch: Dispatch) -> ApiResponse:
+    try:
+        items = decode_batch_request(request.body, request.header("content-type"))
+    except MultipartError as exc:
+        raise bad_request(f"The batch request is malformed: {exc}") from None
+    total = sum(len(i.parts) if isinstance(i, ChangeSet) else 1 for i in items)
+    if total > MAX_REQUESTS:
+        raise bad_request(
+            f"The number of requests in the batch ({total}) exceeds the limit of {MAX_REQUESTS}."
+        )
+    keep_going = "odata.continue-on-error" in request.prefer()
+    responses: list[BatchResponsePart] = []
+    failed = False
+    with store.transaction():
+        for item in items:
+            if isinstance(item, ChangeSet):
+                result = _run_changeset(request, item, store, dispatch)
+            else:
+                result = _run_one(request, item, dispatch)
+            ok = isinstance(result, ChangeSetResponse) or result.ok
+            if not ok and not keep_going:
+                responses = [result]
+                failed = True
+                break
+            responses.append(result)
+    body, content_type = encode_batch_response(responses)
+    headers = {"Content-Type": content_type, "OData-Version": "4.0"}
+    if keep_going:
+        headers["Preference-Applied"] = "odata.continue-on-error"
+    return ApiResponse(400 if failed else 200, headers, body)
+
+
+def _run_one(outer: ApiRequest, part: BatchPart, dispatch: Dispatch) -> BatchResponseItem:
+    try:
+        return _item(dispatch(_sub_request(outer, part, {})), part.content_id)
+    except ApiError as exc:
+        return _error_item(exc, part.content_id)
+
+
+def _run_changeset(
+    outer: ApiRequest, changeset: ChangeSet, store: Store, dispatch: Dispatch
+) -> BatchResponsePart:
+    references: dict[str, str] = {}
+    results: list[BatchResponseItem] = []
+    try:
+        with store.transaction():
+            for part in changeset.parts:
+                content_id = part.content_id
+                if content_id is None:
+                    failure = ApiError(400, UNKNOWN_PROPERTY, "Content-ID header not present")
+                    raise _ChangeSetFailed(_error_item(failure))
+                if content_id in references or any(r.content_id == content_id for r in results):
+                    failure = bad_request(f"Duplicate Content-ID '{content_id}' in the change set.")
+                    raise _ChangeSetFailed(_error_item(failure, content_id))
+                try:
+                    response = dispatch(_sub_request(outer, part, references))
+                except ApiError as exc:
+                    raise _ChangeSetFailed(_error_item(exc, content_id)) from None
+                if response.status >= 400:
+                    raise _ChangeSetFailed(_item(response, content_id))
+                location = response.headers.get("OData-EntityId")
+                if location:
+                    references[content_id] = location
+                results.append(_item(response, content_id))
+    except _ChangeSetFailed as failure:
+        return failure.response
+    return ChangeSetResponse(results)

@@ -1,0 +1,366 @@
+"""Rows: create, retrieve, update, upsert and delete by id or alternate key, plus bulk actions."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from apex_metrics.emulator import values
+from apex_metrics.emulator.errors import (
+    DUPLICATE_KEY,
+    DUPLICATE_RECORD,
+    KEY_NOT_DEFINED,
+    ApiError,
+    bad_request,
+    not_found,
+    unknown_property,
+)
+from apex_metrics.emulator.messages import ApiRequest, ApiResponse
+from apex_metrics.emulator.metadata import Entity, Key
+from apex_metrics.emulator.query import parse_select
+from apex_metrics.emulator.store import Store, utc_now_text
+
+_GUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+_ETAG = re.compile(r'^W/"(\d+)"$')
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+_READ_ONLY = {"createdon", "modifiedon", "versionnumber"}
+
+
+@dataclass(slots=True)
+class Target:
+    """The row a URL points at: by id, or by the values of one alternate key."""
+
+    text: str  # as written in the URL, e.g. "apex_runid='r1'"
+    row_id: str | None = None
+    key: Key | None = None
+    key_values: dict[str, Any] | None = None
+
+    def where(self, entity: Entity) -> dict[str, Any]:
+        if self.row_id is not None:
+            return {entity.primary_id: self.row_id}
+        assert self.key_values is not None
+        return self.key_values
+
+    def missing(self, entity: Entity) -> ApiError:
+        if self.row_id is not None:
+            return not_found(f"{entity.logical_name} With Id = {self.row_id} Does Not Exist")
+        return not_found(
+            f"A record with the specified key values does not exist in {entity.logical_name} entity"
+        )
+
+
+def _split_key(text: str) -> list[str]:
+    parts, current, quoted, index = [], [], False, 0
+    while index < len(text):
+        char = text[index]
+        if char == "'":
+            if quoted and index + 1 < len(text) and text[index + 1] == "'":
+                current.append("''")
+                index += 2
+                continue
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    if quoted:
+        raise bad_request(f"Unterminated string in key '{text[:100]}'.")
+    parts.append("".join(current))
+    return parts
+
+
+def _key_literal(raw: str) -> Any:
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        return raw[1:-1].replace("''", "'")
+    if _NUMBER.match(raw):
+        return float(raw) if "." in raw else int(raw)
+    if _GUID.match(raw):
+        return raw.lower()
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise bad_request(f"Invalid key value '{raw[:100]}': quote strings as 'value'.")
+
+
+def parse_target(store: Store, entity: Entity, text: str) -> Target:
+    """Resolve ``SET(<guid>)``, ``SET(col='v')`` or ``SET(k1=1,k2='x')``."""
+    stripped = text.strip()
+    if _GUID.match(stripped):
+        return Target(text, row_id=stripped.lower())
+    pairs: dict[str, Any] = {}
+    for part in _split_key(stripped):
+        name, sep, raw = part.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise bad_request(f"Invalid key segment '{text[:100]}': expected an id or name=value.")
+        if name in pairs:
+            raise bad_request(f"The key property '{name}' appears twice.")
+        pairs[name] = _key_literal(raw)
+    if list(pairs) == [entity.primary_id]:
+        return Target(text, row_id=values.parse_guid(str(pairs[entity.primary_id])))
+    store.activate_keys(entity, time.time())
+    for key in entity.keys.values():
+        if set(key.key_attributes) == set(pairs):
+            if key.status != "Active":
+                raise bad_request(
+                    f"The alternate key '{key.schema_name}' of entity '{entity.logical_name}' is"
+                    f" not active yet (EntityKeyIndexStatus {key.status}).",
+                    KEY_NOT_DEFINED,
+                )
+            converted = {
+                name: values.to_storage(entity.attributes[name], entity.logical_name, value)
+                for name, value in pairs.items()
+            }
+            return Target(text, key=key, key_values=converted)
+    raise bad_request(
+        f"The specified key attributes are not a defined key for the {entity.logical_name} entity",
+        KEY_NOT_DEFINED,
+    )
+
+
+def render(entity: Entity, row: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
+    """A stored row as Web API JSON (``@odata.etag``, the primary key, then the columns)."""
+    out: dict[str, Any] = {"@odata.etag": f'W/"{row["versionnumber"]}"'}
+    out[entity.primary_id] = row[entity.primary_id]
+    names = select if select is not None else list(entity.attributes)
+    for name in names:
+        if name != entity.primary_id:
+            out[name] = values.to_json(entity.attributes[name], row.get(name))
+    return out
+
+
+def check_body(entity: Entity, body: Any) -> dict[str, Any]:
+    """Validated storage values of a row body (annotations dropped)."""
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", values.PAYLOAD)
+    clean: dict[str, Any] = {}
+    for name, value in body.items():
+        if "@" in name:
+            if name.startswith("@odata."):
+                continue
+            raise unknown_property(name.split("@", 1)[0], entity.logical_name)
+        attr = entity.attributes.get(name)
+        if attr is None:
+            raise unknown_property(name, entity.logical_name)
+        if name in _READ_ONLY:
+            continue
+        clean[name] = values.to_storage(attr, entity.logical_name, value)
+    return clean
+
+
+def version_mismatch() -> ApiError:
+    return ApiError(
+        412,
+        "0x80060882",
+        "The version of the existing record doesn't match the RowVersion property provided.",
+    )
+
+
+def _etag_version(header: str) -> int:
+    match = _ETAG.match(header.strip())
+    if match is None:
+        raise bad_request(f"Invalid ETag '{header[:100]}': expected * or W/\"<version>\".")
+    return int(match.group(1))
+
+
+class RowWriter:
+    """Writes rows of one table inside the caller's transaction, with audit and versions."""
+
+    def __init__(self, store: Store, entity: Entity, user_id: str) -> None:
+        self.store = store
+        self.entity = entity
+        self.user_id = user_id
+
+    def insert(self, values_: dict[str, Any], row_id: str | None = None) -> dict[str, Any]:
+        entity = self.entity
+        row_id = row_id or values_.pop(entity.primary_id, None) or str(uuid.uuid4())
+        now = utc_now_text()
+        row = {**values_, entity.primary_id: row_id, "createdon": now, "modifiedon": now}
+        row["versionnumber"] = self.store.next_version()
+        try:
+            self.store.insert(entity, row)
+        except sqlite3.IntegrityError as exc:
+            raise self._duplicate(exc, row) from None
+        self.store.counts["rows.created"] += 1
+        if entity.audit:
+            changes = [
+                {
+                    "logicalName": k,
+                    "oldValue": None,
+                    "newValue": values.to_json(entity.attributes[k], v),
+                }
+                for k, v in values_.items()
+            ]
+            self.store.audit(entity, row_id, 1, self.user_id, changes)
+        return row
+
+    def update(self, old: dict[str, Any], values_: dict[str, Any]) -> dict[str, Any]:
+        entity = self.entity
+        values_.pop(entity.primary_id, None)
+        changes = {
+            **values_,
+            "modifiedon": utc_now_text(),
+            "versionnumber": self.store.next_version(),
+        }
+        row_id = old[entity.primary_id]
+        try:
+            self.store.update(entity, row_id, changes)
+        except sqlite3.IntegrityError as exc:
+            raise self._duplicate(exc, {**old, **changes}) from None
+        self.store.counts["rows.updated"] += 1
+        if entity.audit:
+            audit = [
+                {
+                    "logicalName": k,
+                    "oldValue": values.to_json(entity.attributes[k], old.get(k)),
+                    "newValue": values.to_json(entity.attributes[k], v),
+                }
+                for k, v in values_.items()
+            ]
+            self.store.audit(entity, row_id, 2, self.user_id, audit)
+        return {**old, **changes}
+
+    def delete(self, old: dict[str, Any]) -> None:
+        entity = self.entity
+        row_id = old[entity.primary_id]
+        self.store.delete(entity, row_id)
+        self.store.counts["rows.deleted"] += 1
+        if entity.audit:
+            audit = [
+                {"logicalName": k, "oldValue": values.to_json(a, old.get(k)), "newValue": None}
+                for k, a in entity.attributes.items()
+                if a.is_custom and old.get(k) is not None
+            ]
+            self.store.audit(entity, row_id, 3, self.user_id, audit)
+
+    def _duplicate(self, exc: sqlite3.IntegrityError, row: dict[str, Any]) -> ApiError:
+        entity = self.entity
+        message = str(exc)
+        for key in entity.keys.values():
+            if all(f"{entity.table}.{c}" in message for c in key.key_attributes):
+                shown = ",".join(str(row.get(c)) for c in key.key_attributes)
+                return ApiError(
+                    412,
+                    DUPLICATE_KEY,
+                    f"Entity Key {key.schema_name} violated. A record with the same value for"
+                    f" {','.join(key.key_attributes)} already exists. A duplicate record cannot be"
+                    f" created. Try using a different key value. ({shown})",
+                )
+        return ApiError(412, DUPLICATE_RECORD, "Cannot insert duplicate key.")
+
+
+def _entity_uri(request: ApiRequest, entity: Entity, key_text: str) -> str:
+    return f"{request.service_root}/{entity.entity_set_name}({key_text})"
+
+
+def _representation(
+    request: ApiRequest, entity: Entity, row: dict[str, Any], status: int, location: str
+) -> ApiResponse:
+    select = parse_select(entity, request.option("$select"))
+    body = {
+        "@odata.context": f"{request.service_root}/$metadata#{entity.entity_set_name}/$entity",
+        **render(entity, row, select),
+    }
+    headers = {
+        "Preference-Applied": "return=representation",
+        "OData-EntityId": location,
+        "ETag": body["@odata.etag"],
+    }
+    return ApiResponse.json(status, body, headers)
+
+
+def _wants_body(request: ApiRequest) -> bool:
+    return request.prefer().get("return") == "representation"
+
+
+def create(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
+    """POST SET: 204 + OData-EntityId, or 201 + the row with return=representation."""
+    clean = check_body(entity, request.json())
+    parse_select(entity, request.option("$select"))
+    row_id = clean.pop(entity.primary_id, None)
+    with store.transaction():
+        row = RowWriter(store, entity, request.caller.user_id).insert(clean, row_id)
+    location = _entity_uri(request, entity, row[entity.primary_id])
+    if _wants_body(request):
+        return _representation(request, entity, row, 201, location)
+    return ApiResponse.empty(204, {"OData-EntityId": location, "Location": location})
+
+
+def retrieve(store: Store, entity: Entity, target: Target, request: ApiRequest) -> ApiResponse:
+    select = parse_select(entity, request.option("$select"))
+    row = store.fetch_one(entity, target.where(entity))
+    if row is None:
+        raise target.missing(entity)
+    etag = f'W/"{row["versionnumber"]}"'
+    if_none_match = request.header("if-none-match")
+    if if_none_match and if_none_match.strip() == etag:
+        return ApiResponse.empty(304, {"ETag": etag})
+    body = {
+        "@odata.context": f"{request.service_root}/$metadata#{entity.entity_set_name}/$entity",
+        **render(entity, row, select),
+    }
+    return ApiResponse.json(200, body, {"ETag": etag})
+
+
+def upsert(store: Store, entity: Entity, target: Target, request: ApiRequest) -> ApiResponse:
+    """PATCH SET(key): update, or create when missing (If-Match / If-None-Match restrict it)."""
+    clean = check_body(entity, request.json())
+    parse_select(entity, request.option("$select"))
+    if_match = request.header("if-match")
+    if_none_match = request.header("if-none-match")
+    with store.transaction():
+        row, created = apply_upsert(
+            store, entity, target, clean, request.caller.user_id, if_match, if_none_match
+        )
+    location = _entity_uri(request, entity, target.text)
+    if _wants_body(request):
+        return _representation(request, entity, row, 201 if created else 200, location)
+    return ApiResponse.empty(204, {"OData-EntityId": location})
+
+
+def apply_upsert(
+    store: Store,
+    entity: Entity,
+    target: Target,
+    clean: dict[str, Any],
+    user_id: str,
+    if_match: str | None = None,
+    if_none_match: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Upsert one row inside the caller's transaction; returns (row, created)."""
+    writer = RowWriter(store, entity, user_id)
+    old = store.fetch_one(entity, target.where(entity))
+    if if_none_match is not None and if_none_match.strip() == "*" and old is not None:
+        raise ApiError(412, "", "A record with matching key values already exists.")
+    if if_match is not None:
+        if old is None:
+            raise target.missing(entity)
+        if if_match.strip() != "*" and _etag_version(if_match) != old["versionnumber"]:
+            raise version_mismatch()
+    if old is not None:
+        for name in target.key_values or {}:
+            clean.pop(name, None)  # a key cannot be changed through its own key URL
+        return writer.update(old, clean), False
+    if target.key_values is not None:
+        for name, value in target.key_values.items():
+            clean.setdefault(name, value)  # body values win over URL values
+        return writer.insert(clean), True
+    return writer.insert(clean, target.row_id), True
+
+
+def delete(store: Store, entity: Entity, target: Target, request: ApiRequest) -> ApiResponse:
+    if_match = request.header("if-match")
+    with store.transaction():
+        old = store.fetch_one(entity, target.where(entity))
+        if old is None:
+            raise target.missing(entity)
+        if if_match and if_match.strip() != "*" and _etag_version(if_match) != old["versionnumber"]:
+            raise version_mismatch()
+        RowWriter(store, entity, request.caller.user_id).delete(old)
+    return ApiResponse.empty(204)

@@ -1,0 +1,32 @@
+-- The emulator's own bookkeeping tables (per-table row tables are created at run time).
+CREATE TABLE IF NOT EXISTS emu_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS emu_entities (
+    logical_name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS emu_deleted (
+    entity TEXT NOT NULL,
+    id TEXT NOT NULL,
+    versionnumber INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS emu_deleted_entity_version ON emu_deleted (entity, versionnumber);
+CREATE TABLE IF NOT EXISTS emu_audit (
+    auditid TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    objecttypecode TEXT NOT NULL,
+    objectid TEXT NOT NULL,
+    action INTEGER NOT NULL,
+    operation INTEGER NOT NULL,
+    userid TEXT NOT NULL,
+    createdon TEXT NOT NULL,
+    changedata TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS emu_audit_object ON emu_audit (objecttypecode, objectid);
+-- Audit rows as the Web API's ``audits`` entity set shows them.
+CREATE VIEW IF NOT EXISTS e_audit AS
+SELECT auditid, seq AS versionnumber, objectid AS _objectid_value, objecttypecode, action, operation,
+       userid AS _userid_value, createdon, changedata
+FROM emu_audit;

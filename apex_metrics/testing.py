@@ -1,0 +1,108 @@
+"""Test helpers shipped with the package: serve the Dataverse emulator on a free loopback port.
+
+    with running_emulator() as emu:
+        httpx.get(f"{emu.url}/api/data/v9.2/WhoAmI", ...)
+
+With ``tls=True`` it serves https with a certificate from a throw-away test CA (trustme) and
+``emu.ca_file`` is the CA's PEM file, to give to clients (``verify=``, ``REQUESTS_CA_BUNDLE``).
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from apex_metrics.emulator import EmulatorConfig, create_app
+
+_START_TIMEOUT = 15.0
+_STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunningEmulator:
+    """A served emulator: ``url`` is the environment URL (no trailing slash)."""
+
+    url: str
+    ca_file: Path | None
+    config: EmulatorConfig
+
+    @property
+    def api(self) -> str:
+        """The Web API root, ``<url>/api/data/v9.2``."""
+        return f"{self.url}/api/data/v9.2"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/{self.config.tenant_id}/oauth2/v2.0/token"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the main thread keeps its own handlers
+        pass
+
+
+def tls_files(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for ``host``: (ca.pem, cert.pem, key.pem)."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert(host, "localhost")
+    ca_file, cert_file, key_file = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca.cert_pem.write_to_path(str(ca_file))
+    server.cert_chain_pems[0].write_to_path(str(cert_file))
+    for pem in server.cert_chain_pems[1:]:
+        pem.write_to_path(str(cert_file), append=True)
+    server.private_key_pem.write_to_path(str(key_file))
+    return ca_file, cert_file, key_file
+
+
+@contextmanager
+def running_emulator(
+    config: EmulatorConfig | None = None, *, tls: bool = False
+) -> Iterator[RunningEmulator]:
+    """Serve the emulator with uvicorn in a background thread until the block ends."""
+    config = config or EmulatorConfig()
+    host, port = "127.0.0.1", free_port()
+    with tempfile.TemporaryDirectory(prefix="apex-emulator-") as tmp:
+        ssl: dict[str, str] = {}
+        ca_file = None
+        if tls:
+            ca_file, cert_file, key_file = tls_files(Path(tmp), host)
+            ssl = {"ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file)}
+        uv_config = uvicorn.Config(
+            create_app(config), host=host, port=port, log_level="warning", lifespan="on",
+            access_log=False, **ssl,  # type: ignore[arg-type]
+        )  # fmt: skip
+        server = _Server(uv_config)
+        thread = threading.Thread(target=server.run, name=f"emulator-{port}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise RuntimeError(f"the emulator did not start on {host}:{port}")
+            time.sleep(0.02)
+        scheme = "https" if tls else "http"
+        try:
+            yield RunningEmulator(f"{scheme}://{host}:{port}", ca_file, config)
+        finally:
+            server.should_exit = True
+            thread.join(_STOP_TIMEOUT)

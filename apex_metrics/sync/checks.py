@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from apex_metrics.metric import ALTERNATE_KEY_COLUMN, COLUMNS, ENTITY_SET, PRIMARY_NAME
 from apex_metrics.sync.sink import dataverse_body
 
 INSERT_MANY = """
@@ -83,3 +84,23 @@ def same(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
         elif value != got:
             return False
     return True
+
+
+async def dataverse_state(
+    source: Any, entity_set: str = ENTITY_SET
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Every row in Dataverse by run id (body columns only), and how often each key occurs."""
+    select = [ALTERNATE_KEY_COLUMN, PRIMARY_NAME, *(c.dataverse for c in COLUMNS)]
+    rows: dict[str, dict[str, Any]] = {}
+    copies: dict[str, int] = {}
+    async for row in source.query(entity_set, select=list(dict.fromkeys(select))):
+        key = str(row[ALTERNATE_KEY_COLUMN])
+        copies[key] = copies.get(key, 0) + 1
+        rows[key] = {k: v for k, v in row.items() if k != ALTERNATE_KEY_COLUMN and k in select}
+    return rows, copies
+
+
+async def verdict(url: str, source: Any) -> Verdict:
+    """Compare PostgreSQL (the truth) with what Dataverse holds now."""
+    actual, copies = await dataverse_state(source)
+    return compare(await pg_expected(url), actual, copies)

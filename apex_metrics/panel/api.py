@@ -7,7 +7,7 @@ import csv
 import html
 import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib import resources
@@ -46,7 +46,7 @@ class PanelState:
     broadcaster: Broadcaster
     token: Any = None  # SecretStr | None
     secure_cookie: bool = False
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False  # set on server shutdown: open event streams end cleanly
 
 
 def state(request: Request) -> PanelState:
@@ -298,7 +298,7 @@ async def events(request: Request) -> EventSourceResponse:
             yield ServerSentEvent(
                 data='{"type": "hello"}', event="hello", retry=1000
             )  # the page refetches on (re)connect
-            while not panel.stopping.is_set():
+            while not panel.closing:
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except TimeoutError:

@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -151,7 +151,7 @@ def create_app(config: PanelConfig) -> FastAPI:
             try:
                 yield
             finally:
-                panel.stopping.set()
+                panel.closing = True
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -184,10 +184,19 @@ async def serve(config: PanelConfig) -> None:
 
     check_bind(config.host, config.token)
     app = create_app(config)
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # End the open event streams first, so that shutdown does not wait for them.
+            panel = getattr(app.state, "panel", None)
+            if panel is not None:
+                panel.closing = True
+            super().handle_exit(sig, frame)
+
+    server = Server(
         uvicorn.Config(
             app, host=config.host, port=config.port, log_level="info", lifespan="on",
-            proxy_headers=False, server_header=False,
+            proxy_headers=False, server_header=False, timeout_graceful_shutdown=5,
         )
     )  # fmt: skip
     await server.serve()

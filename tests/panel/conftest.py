@@ -210,7 +210,7 @@ def start_server(config: PanelConfig, port: int) -> tuple[uvicorn.Server, thread
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config), host="127.0.0.1", port=port, log_level="warning", ws="none",
-            lifespan="on", timeout_graceful_shutdown=1,
+            lifespan="on", timeout_graceful_shutdown=5,
         )
     )  # fmt: skip
     thread = threading.Thread(target=server.run, name=f"panel-{port}", daemon=True)
@@ -224,6 +224,9 @@ def start_server(config: PanelConfig, port: int) -> tuple[uvicorn.Server, thread
 
 
 def stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
+    panel = getattr(server.config.app.state, "panel", None)
+    if panel is not None:
+        panel.closing = True  # what serve()'s signal handler does: end event streams
     server.should_exit = True
     thread.join(timeout=15)
     assert not thread.is_alive(), "the panel did not stop"

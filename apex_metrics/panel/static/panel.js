@@ -120,6 +120,8 @@
       box.append(tile);
     }
     const w = data.window;
+    document.body.dataset.windowStart = w.start;
+    document.body.dataset.windowEnd = w.end;
     $("window-note").textContent = "Window " + w.start.slice(0, 16).replace("T", " ") + " – " + w.end.slice(0, 16).replace("T", " ") +
       " UTC, compared with the previous window of the same length. Source: " + data.source + ".";
     $("source").textContent = "source: " + data.source;

@@ -45,6 +45,8 @@ def audit_entity() -> Entity:
 
 def _split_path(path: str) -> list[str]:
     """Path segments, not splitting inside parentheses or quotes."""
+    if "/" not in path:
+        return [path] if path else []
     parts, depth, quoted, start = [], 0, False, 0
     for index, char in enumerate(path):
         if char == "'":

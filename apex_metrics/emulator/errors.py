@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from apex_metrics.exceptions import ApexMetricsError
+
 # Dataverse error codes (hex strings, as in the Web API's JSON bodies).
 UNKNOWN_PROPERTY = "0x80060888"  # also "Content-ID header not present", bad OData syntax
 VALIDATION = "0x80044331"
@@ -65,3 +67,7 @@ def method_not_allowed(method: str, path: str) -> ApiError:
     return ApiError(
         405, UNKNOWN_PROPERTY, f"The HTTP method '{method}' is not allowed on '{path}'."
     )
+
+
+class EmulatorError(ApexMetricsError):
+    """The emulator could not start."""

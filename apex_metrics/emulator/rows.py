@@ -27,6 +27,7 @@ from apex_metrics.emulator.store import Store, utc_now_text
 _GUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
 _ETAG = re.compile(r'^W/"(\d+)"$')
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+_SIMPLE_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)='([^']*)'$")
 _READ_ONLY = {"createdon", "modifiedon", "versionnumber"}
 
 
@@ -94,7 +95,10 @@ def parse_target(store: Store, entity: Entity, text: str) -> Target:
     if _GUID.match(stripped):
         return Target(text, row_id=stripped.lower())
     pairs: dict[str, Any] = {}
-    for part in _split_key(stripped):
+    simple = _SIMPLE_KEY.match(stripped)
+    if simple is not None:
+        pairs[simple.group(1)] = simple.group(2)
+    for part in [] if simple else _split_key(stripped):
         name, sep, raw = part.partition("=")
         name = name.strip()
         if not sep or not name:
@@ -284,7 +288,7 @@ def create(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
     clean = check_body(entity, request.json())
     parse_select(entity, request.option("$select"))
     row_id = clean.pop(entity.primary_id, None)
-    with store.transaction():
+    with store.atomic():
         row = RowWriter(store, entity, request.caller.user_id).insert(clean, row_id)
     location = _entity_uri(request, entity, row[entity.primary_id])
     if _wants_body(request):
@@ -314,7 +318,7 @@ def upsert(store: Store, entity: Entity, target: Target, request: ApiRequest) ->
     parse_select(entity, request.option("$select"))
     if_match = request.header("if-match")
     if_none_match = request.header("if-none-match")
-    with store.transaction():
+    with store.atomic():
         row, created = apply_upsert(
             store, entity, target, clean, request.caller.user_id, if_match, if_none_match
         )
@@ -356,7 +360,7 @@ def apply_upsert(
 
 def delete(store: Store, entity: Entity, target: Target, request: ApiRequest) -> ApiResponse:
     if_match = request.header("if-match")
-    with store.transaction():
+    with store.atomic():
         old = store.fetch_one(entity, target.where(entity))
         if old is None:
             raise target.missing(entity)

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,38 @@ _SQL_TYPES = {
 _NOCASE = {"String", "Memo"}
 
 
+_clock: list[Any] = [0, ""]
+
+
 def utc_now_text() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC time to whole seconds, ``YYYY-MM-DDTHH:MM:SSZ`` (cached per second)."""
+    now = int(time.time())
+    if now != _clock[0]:
+        _clock[0] = now
+        _clock[1] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(_clock[1])
 
 
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+@lru_cache(maxsize=4096)
+def _select_sql(table: str, columns: tuple[str, ...]) -> str:
+    clause = " AND ".join(f"{quote(c)} = ?" for c in columns)
+    return f"SELECT * FROM {quote(table)} WHERE {clause} LIMIT 1"
+
+
+@lru_cache(maxsize=4096)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(quote(c) for c in columns)
+    return f"INSERT INTO {quote(table)} ({names}) VALUES ({', '.join('?' * len(columns))})"
+
+
+@lru_cache(maxsize=4096)
+def _update_sql(table: str, primary_id: str, columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{quote(c)} = ?" for c in columns)
+    return f"UPDATE {quote(table)} SET {sets} WHERE {quote(primary_id)} = ?"
 
 
 class Store:
@@ -69,6 +96,7 @@ class Store:
         self.version = 0
         self._saved_version = 0
         self._depth = 0
+        self._audit: list[tuple[Any, ...]] = []  # audit rows, written at commit
         self.signing_key = self._load_meta()
         for (definition,) in self.conn.execute("SELECT definition FROM emu_entities"):
             self._remember(Entity.from_record(json.loads(definition)))
@@ -107,11 +135,13 @@ class Store:
         self.conn.execute("BEGIN" if outer else f"SAVEPOINT {name}")
         self._depth += 1
         saved = self.version
+        audit_mark = len(self._audit)
         try:
             yield
         except BaseException:
             self._depth -= 1
             self.version = saved
+            del self._audit[audit_mark:]
             if outer:
                 self.conn.execute("ROLLBACK")
             else:
@@ -120,6 +150,7 @@ class Store:
             raise
         self._depth -= 1
         if outer:
+            self._flush_audit()
             if self.version != self._saved_version:
                 self.conn.execute(
                     "UPDATE emu_meta SET value = ? WHERE key = 'version'", (str(self.version),)
@@ -128,6 +159,16 @@ class Store:
             self._saved_version = self.version
         else:
             self.conn.execute(f"RELEASE {name}")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A transaction when none is open; inside one, nothing (for single-row writes, whose
+        only failing step is their one statement, so they leave nothing half-written)."""
+        if self._depth:
+            yield
+        else:
+            with self.transaction():
+                yield
 
     def next_version(self) -> int:
         self.version += 1
@@ -204,27 +245,18 @@ class Store:
     # --- rows ------------------------------------------------------------------------------------
 
     def fetch_one(self, entity: Entity, where: dict[str, Any]) -> dict[str, Any] | None:
-        clause = " AND ".join(f"{quote(c)} = ?" for c in where)
-        cursor = self.conn.execute(
-            f"SELECT * FROM {quote(entity.table)} WHERE {clause} LIMIT 1", tuple(where.values())
-        )
+        cursor = self.conn.execute(_select_sql(entity.table, tuple(where)), tuple(where.values()))
         row = cursor.fetchone()
         if row is None:
             return None
         return dict(zip([d[0] for d in cursor.description], row, strict=True))
 
     def insert(self, entity: Entity, values: dict[str, Any]) -> None:
-        columns = ", ".join(quote(c) for c in values)
-        marks = ", ".join("?" * len(values))
-        self.conn.execute(
-            f"INSERT INTO {quote(entity.table)} ({columns}) VALUES ({marks})",
-            tuple(values.values()),
-        )
+        self.conn.execute(_insert_sql(entity.table, tuple(values)), tuple(values.values()))
 
     def update(self, entity: Entity, row_id: str, values: dict[str, Any]) -> None:
-        sets = ", ".join(f"{quote(c)} = ?" for c in values)
         self.conn.execute(
-            f"UPDATE {quote(entity.table)} SET {sets} WHERE {quote(entity.primary_id)} = ?",
+            _update_sql(entity.table, entity.primary_id, tuple(values)),
             (*values.values(), row_id),
         )
 
@@ -246,8 +278,7 @@ class Store:
         changes: list[dict[str, Any]],
     ) -> None:
         """Record a create (1), update (2) or delete (3) with old and new values."""
-        self.conn.execute(
-            "INSERT INTO emu_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._audit.append(
             (
                 str(uuid.uuid4()),
                 time.time_ns(),
@@ -258,5 +289,12 @@ class Store:
                 user_id,
                 utc_now_text(),
                 json.dumps({"changedAttributes": changes}),
-            ),
+            )
         )
+
+    def _flush_audit(self) -> None:
+        if self._audit:
+            self.conn.executemany(
+                "INSERT INTO emu_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._audit
+            )
+            self._audit.clear()

@@ -1,0 +1,102 @@
+"""Serve the emulator in the foreground (``apex-metrics emulator``)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from apex_metrics.emulator.app import create_app
+from apex_metrics.emulator.config import EmulatorConfig
+from apex_metrics.emulator.errors import EmulatorError
+
+
+@dataclass(frozen=True, slots=True)
+class StartupInfo:
+    url: str
+    tenant_id: str
+    client_id: str
+    ca_file: Path | None
+    storage: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "APEX_DATAVERSE_URL": self.url,
+            "APEX_AUTHORITY_HOST": self.url,
+            "APEX_TENANT_ID": self.tenant_id,
+            "APEX_CLIENT_ID": self.client_id,
+            "APEX_CA_BUNDLE": str(self.ca_file) if self.ca_file else None,
+            "storage": self.storage,
+        }
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"Dataverse emulator serving {self.url} (storage: {self.storage})",
+            "Point apex-metrics at it with:",
+            f"  APEX_DATAVERSE_URL={self.url}",
+            f"  APEX_AUTHORITY_HOST={self.url}",
+            f"  APEX_TENANT_ID={self.tenant_id}",
+            f"  APEX_CLIENT_ID={self.client_id}",
+            "  APEX_CLIENT_SECRET=<the secret the emulator was started with>",
+        ]
+        if self.ca_file:
+            lines.append(f"  APEX_CA_BUNDLE={self.ca_file}")
+        lines.append(
+            "Admin API: GET /_emulator/stats, GET|PATCH /_emulator/faults, POST /_emulator/reset"
+        )
+        return lines
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EmulatorError(
+                    f"port {port} on {host} is already in use", hint="pick another with --port"
+                ) from None
+            raise EmulatorError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def serve(
+    config: EmulatorConfig,
+    host: str,
+    port: int,
+    *,
+    tls: bool,
+    announce: Callable[[StartupInfo], None],
+) -> None:
+    """Serve until interrupted; ``announce`` gets the environment URL before serving."""
+    if not 0 < port < 65536:
+        raise EmulatorError(f"invalid port {port}", hint="use 1-65535")
+    _check_port(host, port)
+    storage = str(config.db_path) if config.db_path else "memory"
+    with tempfile.TemporaryDirectory(prefix="apex-emulator-tls-") as tmp:
+        ssl: dict[str, str] = {}
+        ca_file = None
+        if tls:
+            from apex_metrics.testing import tls_files
+
+            ca_file, cert_file, key_file = tls_files(Path(tmp), host)
+            ssl = {"ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file)}
+        try:
+            app = create_app(config)
+        except Exception as exc:  # e.g. an unreadable database file
+            raise EmulatorError(f"cannot open the emulator storage {storage}: {exc}") from None
+        shown_host = f"[{host}]" if ":" in host else host
+        url = f"{'https' if tls else 'http'}://{shown_host}:{port}"
+        announce(StartupInfo(url, config.tenant_id, config.client_id, ca_file, storage))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, **ssl)  # type: ignore[arg-type]
+        )
+        await server.serve()

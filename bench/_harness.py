@@ -1,0 +1,101 @@
+"""Shared set-up of the sync benchmarks: a scratch database, an emulator over HTTP, a client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import conninfo, sql
+
+from apex_metrics import db
+from apex_metrics.dataverse.client import DataverseClient
+from apex_metrics.dataverse.connect import open_dataverse
+from apex_metrics.dataverse.provision import provision
+from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.settings import Settings
+from apex_metrics.testing import RunningEmulator, running_emulator
+
+ADMIN_URL = os.environ.get("APEX_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _url_for(name: str) -> str:
+    params = conninfo.conninfo_to_dict(ADMIN_URL)
+    params["dbname"] = name
+    return conninfo.make_conninfo("", **{k: str(v) for k, v in params.items()})
+
+
+@asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    """A fresh migrated database, dropped afterwards."""
+    name = f"apex_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = _url_for(name)
+        await db.migrate(url)
+        yield url
+    finally:
+        async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as admin:
+            await admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@dataclass
+class Bench:
+    url: str
+    emulator: RunningEmulator
+    settings: Settings
+    client: DataverseClient
+
+    async def emulator_stats(self) -> dict[str, Any]:
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"{self.emulator.url}/_emulator/stats")
+            answer.raise_for_status()
+            data: dict[str, Any] = answer.json()
+            return data
+
+    async def set_faults(self, **faults: float) -> None:
+        async with httpx.AsyncClient() as http:
+            (
+                await http.patch(f"{self.emulator.url}/_emulator/faults", json=faults)
+            ).raise_for_status()
+
+
+@asynccontextmanager
+async def bench_stack(config: EmulatorConfig | None = None) -> AsyncIterator[Bench]:
+    config = config or EmulatorConfig(key_activation_delay_seconds=0)
+    async with scratch_database() as url:
+        with running_emulator(config) as emu:
+            settings = Settings(  # type: ignore[call-arg]
+                _env_file=None, database_url=url, dataverse_url=emu.url
+            )
+            async with open_dataverse(settings) as client:
+                report = await provision(client, poll_interval=0.05, key_timeout=30)
+                if report.problems:
+                    raise RuntimeError(f"provisioning failed: {report.problems}")
+                yield Bench(url, emu, settings, client)
+
+
+def requests_of(stats: dict[str, Any]) -> int:
+    counters = stats.get("counters", {})
+    return int(counters.get("requests", 0))
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

@@ -1,0 +1,244 @@
+"""Benchmarks of the sync engine against the emulator over HTTP (prints figures and ratios).
+
+1. Throughput: N pending rows synced by the engine vs the old Power Automate design run in the
+   same process (sequential: one POST create per row, then one UPDATE of exported_at per row).
+   The old design runs on a sample (it is ~1 request per row; its rate is what is compared).
+2. Dataverse requests per 1,000 rows (engine vs old design).
+3. End-to-end latency from the committing INSERT to the row being readable through the
+   emulator's Web API, p50/p95/p99, inserts at a steady rate with the engine running.
+4. Under the emulator's default service protection limits: sustained rows/s and 429s; then a
+   5-second 429 storm to count how many 429s the engine takes before pacing itself.
+
+    python bench/sync_bench.py            # 100,000 rows, 1,000 latency samples
+    python bench/sync_bench.py --quick    # 10,000 rows, 200 latency samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import psycopg
+from _harness import Bench, bench_stack, percentile, requests_of
+from psycopg.rows import dict_row
+
+from apex_metrics.dataverse.connect import open_dataverse
+from apex_metrics.dataverse.flow import FlowControl
+from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator.config import ServiceLimits
+from apex_metrics.metric import ALTERNATE_KEY_COLUMN, ENTITY_SET
+from apex_metrics.sync.checks import execute, insert_rows, verdict
+from apex_metrics.sync.commands import ENGINE_CLIENT_RETRY, engine_config, run_sync
+from apex_metrics.sync.engine import Engine
+from apex_metrics.sync.sink import dataverse_body
+
+UNLIMITED = ServiceLimits(
+    requests_per_window=10**9, execution_seconds_per_window=10.0**9, concurrent_requests=10**6
+)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def old_design(b: Bench) -> tuple[int, float]:
+    """The replaced flow: read pending rows, then per row POST create + UPDATE exported_at."""
+    started = time.perf_counter()
+    async with await psycopg.AsyncConnection.connect(b.url, autocommit=True) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM campaign_metrics WHERE exported_at IS NULL ORDER BY id")
+        rows = await cur.fetchall()
+        for row in rows:
+            body = dataverse_body(row) | {ALTERNATE_KEY_COLUMN: row["run_id"]}
+            await b.client.create(ENTITY_SET, body)
+            await conn.execute(
+                "UPDATE campaign_metrics SET exported_at = now() WHERE id = %s", (row["id"],)
+            )
+    return len(rows), time.perf_counter() - started
+
+
+async def bench_throughput(rows: int, old_rows: int, workers: int) -> dict[str, Any]:
+    async with bench_stack() as b:
+        await insert_rows(b.url, old_rows, prefix="old-")
+        before = requests_of(await b.emulator_stats())
+        n_old, old_seconds = await old_design(b)
+        old_requests = requests_of(await b.emulator_stats()) - before
+        await execute(b.url, "UPDATE campaign_metrics SET exported_version = version")
+
+        await insert_rows(b.url, rows, prefix="run-")
+        config = engine_config(b.settings, workers=workers, once=True, batch_size=1000)
+        before = requests_of(await b.emulator_stats())
+        started = time.perf_counter()
+        stats = await run_sync(b.settings, config, handle_signals=False)
+        new_seconds = time.perf_counter() - started
+        new_requests = requests_of(await b.emulator_stats()) - before
+        check = await verdict(b.url, b.client)
+    old_rate = n_old / old_seconds
+    new_rate = stats.delivered / new_seconds
+    return {
+        "rows": stats.delivered,
+        "engine_seconds": new_seconds,
+        "engine_rows_per_s": new_rate,
+        "engine_batch_requests": stats.requests,
+        "engine_http_requests": new_requests,
+        "old_rows": n_old,
+        "old_seconds": old_seconds,
+        "old_rows_per_s": old_rate,
+        "old_http_requests": old_requests,
+        "ratio": new_rate / old_rate,
+        "check": check,
+    }
+
+
+async def wait_visible(reader: Any, key: str, t0: float, timeout: float = 30) -> float:
+    deadline = t0 + timeout
+    while time.perf_counter() < deadline:
+        row = await reader.get_by_key(
+            ENTITY_SET, {ALTERNATE_KEY_COLUMN: key}, select=[ALTERNATE_KEY_COLUMN]
+        )
+        if row is not None:
+            return time.perf_counter() - t0
+        await asyncio.sleep(0.001)
+    raise TimeoutError(f"{key} not visible after {timeout}s")
+
+
+INSERT_ONE = """
+INSERT INTO campaign_metrics (campaign_id, run_id, phase, agents_total, agents_successful,
+    tokens_in, tokens_out, cost_usd, latency_p95_ms, latency_avg_ms)
+VALUES ('camp-lat', %s, '1', 4, 3, 100, 200, 0.5, 120, 80)
+"""
+
+
+async def bench_latency(count: int, rate: float) -> dict[str, Any]:
+    config = EmulatorConfig(key_activation_delay_seconds=0, limits=UNLIMITED)
+    async with bench_stack(config) as b:
+        engine_cfg = engine_config(b.settings, workers=2, once=False, poll_interval=5.0)
+        async with open_dataverse(b.settings, retry=ENGINE_CLIENT_RETRY) as sink:
+            engine = Engine(engine_cfg, sink)
+            task = asyncio.create_task(engine.run())
+            await asyncio.wait_for(engine.listening.wait(), 30)
+            await asyncio.sleep(0.5)
+            flow = FlowControl(max_concurrency=64, initial_concurrency=64)
+            async with open_dataverse(b.settings, flow=flow) as reader:
+                await reader.whoami()
+                pollers = []
+                async with await psycopg.AsyncConnection.connect(b.url, autocommit=True) as conn:
+                    start = time.perf_counter()
+                    for i in range(count):
+                        delay = start + i / rate - time.perf_counter()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        key = f"lat-{i}"
+                        await conn.execute(INSERT_ONE, (key,))  # autocommit: committed here
+                        t0 = time.perf_counter()
+                        pollers.append(asyncio.create_task(wait_visible(reader, key, t0)))
+                latencies = await asyncio.gather(*pollers)
+            engine.request_stop()
+            stats = await asyncio.wait_for(task, 30)
+        check = await verdict(b.url, b.client)
+    ms = [x * 1000 for x in latencies]
+    return {
+        "count": count,
+        "rate": rate,
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms),
+        "batches": stats.batches,
+        "check": check,
+    }
+
+
+async def bench_limits(rows: int, storm_rows: int, workers: int) -> dict[str, Any]:
+    async with bench_stack() as b:  # the emulator's default service protection limits
+        await insert_rows(b.url, rows, prefix="run-")
+        config = engine_config(b.settings, workers=workers, once=True, batch_size=1000)
+        started = time.perf_counter()
+        stats = await run_sync(b.settings, config, handle_signals=False)
+        seconds = time.perf_counter() - started
+        throttled_before = int((await b.emulator_stats())["statuses"].get("429", 0))
+
+        await insert_rows(b.url, storm_rows, prefix="storm-")
+        await b.set_faults(storm_seconds=5, storm_retry_after=1)
+        storm_cfg = engine_config(b.settings, workers=workers, once=True, batch_size=100)
+        started_storm = time.perf_counter()
+        storm_stats = await run_sync(b.settings, storm_cfg, handle_signals=False)
+        storm_seconds = time.perf_counter() - started_storm
+        emu = await b.emulator_stats()
+        storm_429 = int(emu["statuses"].get("429", 0)) - throttled_before
+        check = await verdict(b.url, b.client)
+    return {
+        "rows": stats.delivered,
+        "seconds": seconds,
+        "rows_per_s": stats.delivered / seconds,
+        "throttled": throttled_before,
+        "storm_rows": storm_stats.delivered,
+        "storm_seconds": storm_seconds,
+        "storm_429": storm_429,
+        "check": check,
+    }
+
+
+def check_line(check: Any) -> str:
+    return f"lost={check.lost} duplicated={check.duplicated} stale={check.stale}"
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Small sizes (CI smoke run).")
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+    rows = 10_000 if args.quick else 100_000
+    old_rows = 500 if args.quick else 5_000
+    samples = 200 if args.quick else 1_000
+    ok = True
+
+    say(f"== 1+2. throughput: {rows:,} rows (engine) vs {old_rows:,} rows (old design)")
+    t = await bench_throughput(rows, old_rows, args.workers)
+    say(
+        f"engine     {t['rows']:>7,} rows in {t['engine_seconds']:6.1f} s = "
+        f"{t['engine_rows_per_s']:8.0f} rows/s  ({check_line(t['check'])})"
+    )
+    say(
+        f"old design {t['old_rows']:>7,} rows in {t['old_seconds']:6.1f} s = "
+        f"{t['old_rows_per_s']:8.0f} rows/s"
+    )
+    say(f"ratio      {t['ratio']:.0f}x (goal >= 50x)")
+    per_k_engine = t["engine_batch_requests"] / (t["rows"] / 1000)
+    per_k_http = t["engine_http_requests"] / (t["rows"] / 1000)
+    per_k_old = t["old_http_requests"] / (t["old_rows"] / 1000)
+    say(
+        f"requests per 1,000 rows: engine {per_k_engine:.2f} $batch "
+        f"({per_k_http:.2f} HTTP requests incl. token and WhoAmI), old design {per_k_old:.0f} "
+        "(goal <= 2)"
+    )
+    ok &= t["check"].lost == t["check"].duplicated == t["check"].stale == 0
+
+    say(f"== 3. end-to-end latency: {samples:,} inserts at 50/s, engine running (NOTIFY)")
+    lat = await bench_latency(samples, 50.0)
+    say(
+        f"p50 {lat['p50_ms']:.1f} ms  p95 {lat['p95_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
+        f"max {lat['max_ms']:.1f} ms  ({lat['batches']} batches; goal p95 < 100 ms; "
+        f"{check_line(lat['check'])})"
+    )
+    ok &= lat["check"].lost == lat["check"].stale == 0
+
+    say(f"== 4. default service protection limits: {rows:,} rows, then a 5 s 429 storm")
+    lim = await bench_limits(rows, 5_000, args.workers)
+    say(
+        f"sustained {lim['rows_per_s']:.0f} rows/s ({lim['rows']:,} rows in "
+        f"{lim['seconds']:.1f} s), 429s: {lim['throttled']}"
+    )
+    say(
+        f"storm: {lim['storm_429']} 429s in {lim['storm_seconds']:.1f} s while delivering "
+        f"{lim['storm_rows']:,} rows (one per Retry-After pause; {check_line(lim['check'])})"
+    )
+    ok &= lim["check"].lost == lim["check"].stale == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

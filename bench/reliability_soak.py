@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from _harness import Bench, bench_stack
+from sync_harness import Bench, bench_stack
 
 from apex_metrics.emulator import EmulatorConfig
 from apex_metrics.emulator.config import FaultSettings

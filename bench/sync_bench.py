@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import psycopg
-from _harness import Bench, bench_stack, percentile, requests_of
+from sync_harness import Bench, bench_stack, percentile, requests_of
 from psycopg.rows import dict_row
 
 from apex_metrics.dataverse.connect import open_dataverse

@@ -22,8 +22,8 @@ import time
 from typing import Any
 
 import psycopg
-from sync_harness import Bench, bench_stack, percentile, requests_of
 from psycopg.rows import dict_row
+from sync_harness import Bench, bench_stack, percentile, requests_of
 
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.flow import FlowControl

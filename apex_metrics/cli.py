@@ -553,6 +553,67 @@ def panel_command(
 # --- demo, verify, bench ------------------------------------------------------------------------
 
 
+@app.command("demo")
+def demo_command(
+    rate: Annotated[
+        float, typer.Option(min=0, help="Synthetic campaign runs per second (0: none).")
+    ] = 1.0,
+    backfill_days: Annotated[
+        float, typer.Option(min=0, help="Fill this many days of history first, for full charts.")
+    ] = 0.0,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Sync workers.")] = 2,
+    panel_host: Annotated[str, typer.Option(help="Panel address.")] = "127.0.0.1",
+    panel_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Panel port (a free one if busy).")
+    ] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the embedded PostgreSQL and the emulator's storage "
+            "(default: ~/.local/share/apex-metrics/demo; /var/tmp/apex-metrics-demo as root)."
+        ),
+    ] = None,
+    embedded_postgres: Annotated[
+        bool,
+        typer.Option(
+            "--embedded-postgres",
+            help="Use the embedded PostgreSQL even if APEX_DATABASE_URL is set or a server "
+            "answers on 127.0.0.1:5432.",
+        ),
+    ] = False,
+    system_user: Annotated[
+        bool,
+        typer.Option(
+            "--system-user/--no-system-user",
+            help="As root, allow creating the unprivileged system account 'apex-metrics-pg' "
+            "that an embedded PostgreSQL must run as.",
+        ),
+    ] = True,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="Stop by itself after this many seconds.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for repeatable traffic.")] = None,
+) -> None:
+    """Run the whole pipeline on embedded defaults: PostgreSQL, the Dataverse emulator, sync
+    workers, the panel and synthetic traffic. Uses APEX_DATABASE_URL / APEX_DATAVERSE_URL when
+    set. Prints the panel URL and a live status line; Ctrl-C stops everything."""
+    import asyncio
+
+    from apex_metrics.demo import DemoOptions, run_demo
+    from apex_metrics.settings import get_settings
+
+    options = DemoOptions(
+        rate=rate, backfill_days=backfill_days, workers=workers, panel_host=panel_host,
+        panel_port=panel_port, data_dir=data_dir, embedded_postgres=embedded_postgres,
+        allow_system_user=system_user, duration=duration, seed=seed,
+    )  # fmt: skip
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    asyncio.run(run_demo(get_settings(), options, say))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

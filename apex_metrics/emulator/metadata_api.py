@@ -126,6 +126,8 @@ def _split_expand(text: str) -> list[tuple[str, str]]:
         if char == "," and depth == 0:
             part = text[start:index].strip()
             start = index + 1
+            if not part:
+                continue
             name, _, inner = part.partition("(")
             parts.append((name.strip(), inner.rstrip(")")))
     return parts

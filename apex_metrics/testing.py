@@ -24,6 +24,7 @@ from apex_metrics.emulator import EmulatorConfig, create_app
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
+_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,4 +106,7 @@ def running_emulator(
             yield RunningEmulator(f"{scheme}://{host}:{port}", ca_file, config)
         finally:
             server.should_exit = True
-            thread.join(_STOP_TIMEOUT)
+            thread.join(_GRACE)
+            if thread.is_alive():  # idle keep-alive (TLS) connections can hold a graceful stop
+                server.force_exit = True
+                thread.join(_STOP_TIMEOUT)

@@ -614,6 +614,52 @@ def demo_command(
     asyncio.run(run_demo(get_settings(), options, say))
 
 
+@app.command("verify")
+def verify_command(
+    panel_url: Annotated[
+        str, typer.Option(help="The panel to check (gate 9).")
+    ] = "http://127.0.0.1:8000",
+    backlog_threshold: Annotated[
+        float, typer.Option(min=1, help="Seconds the oldest pending row may wait (gate 7).")
+    ] = 300.0,
+    sample: Annotated[
+        int, typer.Option(min=1, max=5000, help="Rows compared field by field (gate 8).")
+    ] = 100,
+    log_file: Annotated[
+        list[Path] | None,
+        typer.Option(help="A log file to scan for secrets (gate 10); repeatable."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run the quality gates, each with its figure; exit 1 if any fails."""
+    import asyncio
+
+    from apex_metrics.settings import get_settings
+    from apex_metrics.verify import VerifyOptions, run_verify
+
+    options = VerifyOptions(
+        panel_url=panel_url,
+        backlog_threshold=backlog_threshold,
+        sample=sample,
+        log_files=list(log_file or []),
+    )
+    gates = asyncio.run(run_verify(get_settings(), options))
+    failed = [g for g in gates if not g.ok]
+    if as_json:
+        print_json({"ok": not failed, "gates": [g.to_dict() for g in gates]})
+    else:
+        for g in gates:
+            mark = "PASS" if g.ok else "FAIL"
+            hint = f"  → {g.hint}" if g.hint and not g.ok else ""
+            console.print(
+                f"{mark}  {g.number:>2} {g.name:<10} {g.figure}{hint}",
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
+        console.print(f"{len(gates) - len(failed)}/{len(gates)} gates pass", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -14,7 +14,6 @@ The scope is always ``<environment URL>/.default``. Tokens and secrets are never
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -238,8 +237,6 @@ class MsalTokenProvider(_CachingProvider):
         ca_bundle: Path | None = None,
     ) -> None:
         super().__init__()
-        import msal
-
         base = check_url(authority_host, what="APEX_AUTHORITY_HOST")
         if urlsplit(base).scheme != "https":
             raise InsecureTransport(
@@ -257,24 +254,15 @@ class MsalTokenProvider(_CachingProvider):
         self._scopes = [scope_for(environment_url)]
         self._session = requests_session(ca_bundle)
         host = (urlsplit(base).hostname or "").lower()
-        try:
-            self._app = msal.ConfidentialClientApplication(
-                client_id,
-                client_credential=credential,
-                authority=self._authority,
-                http_client=self._session,
-                instance_discovery=host in MICROSOFT_AUTHORITY_HOSTS,
-                timeout=30,
-            )
-        except ValueError as exc:
-            raise _msal_error(exc, self._authority) from None
-        except requests.RequestException as exc:
-            raise _transport_error(exc, self._authority) from None
-
-    @property
-    def fingerprint(self) -> str:
-        """A non-secret identifier of this provider's configuration, for logs."""
-        return hashlib.sha256(self._authority.encode()).hexdigest()[:8]
+        self._options: dict[str, Any] = {
+            "client_credential": credential,
+            "authority": self._authority,
+            "http_client": self._session,
+            "instance_discovery": host in MICROSOFT_AUTHORITY_HOSTS,
+            "timeout": 30,
+        }
+        self._client_id = client_id
+        self._app: Any = None  # built in the worker thread: MSAL fetches discovery documents
 
     async def _fetch(self) -> tuple[str, float]:
         try:
@@ -286,6 +274,10 @@ class MsalTokenProvider(_CachingProvider):
         return _token_from_answer(result, None, self._authority)
 
     def _acquire(self) -> dict[str, Any]:
+        import msal
+
+        if self._app is None:
+            self._app = msal.ConfidentialClientApplication(self._client_id, **self._options)
         result = self._app.acquire_token_for_client(scopes=self._scopes)
         return dict(result or {})
 

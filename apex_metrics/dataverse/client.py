@@ -32,6 +32,7 @@ from apex_metrics.dataverse.errors import (
     error_from_response,
     error_from_transport,
     parse_error_body,
+    parse_retry_after,
 )
 from apex_metrics.dataverse.flow import FlowControl, RetryPolicy
 from apex_metrics.dataverse.multipart import (
@@ -151,6 +152,7 @@ class DataverseClient:
         while True:
             attempt += 1
             sent = True
+            server_wait = 0.0
             async with self.flow.slot():
                 token = await self.tokens.token()
                 send_headers["Authorization"] = f"Bearer {token}"
@@ -180,6 +182,7 @@ class DataverseClient:
                         self.flow.succeeded()
                         return response
                     error = error_from_response(response, what=what)
+                    server_wait = parse_retry_after(response.headers.get("Retry-After"), 0.0)
             if isinstance(error, Throttled):
                 # A throttled request was not executed, so every method may be re-sent.
                 self.flow.throttled(error.retry_after)
@@ -200,7 +203,8 @@ class DataverseClient:
                 attempt=attempt, transient=error.transient, idempotent=idempotent, sent=sent
             ):
                 self.flow.stats.retries += 1
-                wait = self.retry.backoff(attempt, self._rng)
+                # A 503 may say how long to wait; never less than that (within max_wait).
+                wait = max(self.retry.backoff(attempt, self._rng), min(server_wait, 60.0))
                 log.info("%s failed (%s); retry %d in %.2f s", what, error.message, attempt, wait)
                 await self.flow.backoff(wait)
                 continue

@@ -29,11 +29,12 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from apex_metrics.db import Q, connect, database_url, describe, ensure_migrated, wrap_query_error
 from apex_metrics.exceptions import ApexMetricsError, FieldError, MetricValidationError
-from apex_metrics.metric import BY_NAME, COLUMNS, Metric, parse_metric
+from apex_metrics.metric import BY_NAME, COLUMNS, RowParser, copy_text, parse_metric
 from apex_metrics.recorder import BulkResult, prepare_stage, upsert_stage
 
 Format = Literal["csv", "jsonl"]
 MAX_FIELD = 1 << 20  # 1 MiB: far above any valid value, far below a runaway line
+BATCH_ROWS = 5_000  # COPY lines sent per write
 REQUIRED = tuple(c.name for c in COLUMNS if c.required)
 
 
@@ -78,14 +79,15 @@ class ImportReport:
         return text
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
-    """One record of the input: where it starts, its raw fields, and the parsed metric or errors."""
+    """One record of the input: where it starts, and its COPY line or its errors."""
 
     line: int
-    raw: dict[str, Any]
-    metric: Metric | None = None
+    run_id: str | None = None
+    text: str | None = None  # COPY text line of the 13 values
     errors: list[FieldError] = field(default_factory=list)
+    raw: dict[str, Any] | None = None  # kept for rejected rows only
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,6 +107,7 @@ def read_csv(text: IO[str]) -> Iterator[Row]:
     csv.field_size_limit(MAX_FIELD)
     reader = csv.reader(text, strict=True)
     header: list[str] | None = None
+    parser: RowParser
     last_line = 0
     try:
         for record in reader:
@@ -113,21 +116,19 @@ def read_csv(text: IO[str]) -> Iterator[Row]:
                 continue  # blank line
             if header is None:
                 header = check_header(record, line)
+                parser = RowParser(header)
                 continue
             if len(record) != len(header):
-                yield Row(
-                    line,
-                    {},
-                    errors=[
-                        FieldError(
-                            "(row)",
-                            f"has {len(record)} values but the header names {len(header)} columns",
-                            line,
-                        )
-                    ],
-                )
+                rule = f"has {len(record)} values but the header names {len(header)} columns"
+                raw = {"values": record}
+                yield Row(line, errors=[FieldError("(row)", rule, line)], raw=raw)
                 continue
-            yield parse_row(line, dict(zip(header, record, strict=True)))
+            try:
+                run_id, copy_line = parser.parse(record, line)
+            except MetricValidationError as exc:
+                yield Row(line, errors=exc.errors, raw=dict(zip(header, record, strict=True)))
+                continue
+            yield Row(line, run_id, copy_line)
     except csv.Error as exc:
         line = reader.line_num
         detail = str(exc)
@@ -166,26 +167,28 @@ def read_jsonl(text: IO[str]) -> Iterator[Row]:
         if not content.strip():
             continue
         if len(content) > MAX_FIELD:
-            yield Row(
-                line, {}, errors=[FieldError("(line)", f"longer than {MAX_FIELD} characters", line)]
-            )
+            rule = f"longer than {MAX_FIELD} characters"
+            yield Row(line, errors=[FieldError("(line)", rule, line)], raw={})
             continue
         try:
             data = json.loads(content, parse_float=Decimal)
         except json.JSONDecodeError as exc:
-            yield Row(line, {}, errors=[FieldError("(line)", f"not valid JSON: {exc.msg}", line)])
+            rule = f"not valid JSON: {exc.msg}"
+            yield Row(line, errors=[FieldError("(line)", rule, line)], raw={"text": content})
             continue
         if not isinstance(data, dict):
-            yield Row(line, {}, errors=[FieldError("(line)", "must be a JSON object", line)])
+            rule = "must be a JSON object"
+            yield Row(line, errors=[FieldError("(line)", rule, line)], raw={"text": content})
             continue
         yield parse_row(line, data)
 
 
 def parse_row(line: int, raw: dict[str, Any]) -> Row:
     try:
-        return Row(line, raw, metric=parse_metric(raw, line=line))
+        metric = parse_metric(raw, line=line)
     except MetricValidationError as exc:
-        return Row(line, raw, errors=exc.errors)
+        return Row(line, errors=exc.errors, raw=raw)
+    return Row(line, metric.run_id, copy_text(metric.pg_values()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,15 +231,16 @@ class _Stager:
         self.rejected: list[Row] = []
         self.seen: dict[str, int] = {}
 
-    def check(self, row: Row) -> Metric | None:
-        """The row's metric when it should be written, else None (its errors are recorded)."""
+    def check(self, row: Row) -> str | None:
+        """The row's COPY line when it should be written, else None (its errors are kept)."""
         self.report.rows += 1
-        metric = row.metric
-        if metric is not None:
-            first = self.seen.setdefault(metric.run_id, row.line)
+        run_id = row.run_id
+        if run_id is not None:
+            first = self.seen.setdefault(run_id, row.line)
             if first != row.line:
-                rule = f"run id {metric.run_id!r} is also on line {first}"
+                rule = f"run id {run_id!r} is also on line {first}"
                 row.errors.append(FieldError("run_id", rule, row.line))
+                row.raw = {"run_id": run_id}
         if row.errors:
             self.report.errors.extend(row.errors)
             if self.skip_invalid:
@@ -244,7 +248,7 @@ class _Stager:
             return None
         if self.report.errors and not self.skip_invalid:
             return None  # keep validating; nothing will be written
-        return metric
+        return row.text
 
 
 async def import_file(
@@ -272,12 +276,17 @@ async def import_file(
                 async with conn.transaction():
                     await prepare_stage(conn)
                     async with conn.cursor().copy(Q["copy_stage"]) as copy:
+                        batch: list[str] = []
                         for row in rows:
-                            metric = stager.check(row)
-                            if metric is not None:
-                                await copy.write_row(metric.pg_values())
-                            if report.rows % 20_000 == 0:
+                            copy_line = stager.check(row)
+                            if copy_line is not None:
+                                batch.append(copy_line)
+                            if len(batch) >= BATCH_ROWS:
+                                await copy.write("".join(batch))
+                                batch.clear()
                                 progress.update(task, completed=_tell(handle), rows=report.rows)
+                        if batch:
+                            await copy.write("".join(batch))
                     if report.errors and not skip_invalid:
                         raise MetricValidationError(report.errors)
                     result: BulkResult = await upsert_stage(conn)

@@ -11,6 +11,7 @@ rows through it; every rule failure is reported as ``FieldError(field, rule)``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ COST_MAX: Final = Decimal("99999.99999")
 RATE_QUANTUM: Final = Decimal("0.01")
 RATE_MAX: Final = Decimal("100")
 RUN_ID_FORBIDDEN: Final = frozenset("/<>*%&:\\?+")
+DATETIME_MIN: Final = datetime(1753, 1, 1, tzinfo=UTC)
 
 Kind = Literal["string", "integer", "decimal", "datetime"]
 
@@ -300,9 +302,13 @@ def _to_datetime(raw: Any) -> datetime:
         raise _RuleBroken("must be an ISO 8601 timestamp with a time zone")
     if value.tzinfo is None or value.utcoffset() is None:
         raise _RuleBroken("must carry a time zone (naive timestamps are ambiguous)")
-    if value.year < 1753:  # Dataverse's DateTime floor
-        raise _RuleBroken("must be in the year 1753 or later")
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise _RuleBroken("must be between 1753 and 9999 (UTC)") from None
+    if value < DATETIME_MIN:  # Dataverse's DateTime floor
+        raise _RuleBroken("must be in the year 1753 or later (UTC)")
+    return value
 
 
 def _check_cross_field(values: dict[str, Any], errors: list[FieldError], line: int | None) -> None:
@@ -311,3 +317,129 @@ def _check_cross_field(values: dict[str, Any], errors: list[FieldError], line: i
         errors.append(
             FieldError("agents_successful", f"must be ≤ agents_total ({ok} > {total})", line)
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast path for rows of strings (CSV import): COPY text lines without building Metric objects.
+#
+# ``RowParser.copy_line`` accepts only plainly canonical strings (ASCII digits, at most 5
+# decimals, ISO 8601 with Z or ±HH:MM, text with nothing to escape) and passes them through as
+# PostgreSQL COPY text, which PostgreSQL reads to exactly the values ``parse_metric`` would give.
+# Anything else goes through ``parse_metric``, the reference, for its value or its errors.
+# tests/foundation/test_rows.py checks the two agree.
+
+_INT_TEXT = re.compile(r"[0-9]{1,10}")
+_COST_TEXT = re.compile(r"[0-9]{1,5}(?:\.[0-9]{1,5})?")
+_RATE_TEXT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?")
+_TIME_TEXT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_PLAIN_TEXT = re.compile(r"[^\t\n\r\\\x00]*")
+_RUN_ID_TEXT = re.compile(r"[^\t\n\r\\\x00/<>*%&:?+]{1,64}")
+_INT_COLUMNS = frozenset(c.name for c in COLUMNS if c.kind == "integer")
+
+
+class _Slow(Exception):
+    """This value needs the reference path."""
+
+
+def copy_text(values: tuple[Any, ...]) -> str:
+    """One row of PostgreSQL COPY text format (tab-separated, ``\\N`` for NULL, newline)."""
+    out: list[str] = []
+    for value in values:
+        if value is None:
+            out.append("\\N")
+        elif isinstance(value, str):
+            out.append(
+                value.replace("\\", "\\\\")
+                .replace("\t", "\\t")
+                .replace("\n", "\\n")
+                .replace("\r", "\\r")
+            )
+        elif isinstance(value, Decimal):
+            out.append(format(value, "f"))
+        elif isinstance(value, datetime):
+            out.append(value.isoformat())
+        else:
+            out.append(str(value))
+    return "\t".join(out) + "\n"
+
+
+class RowParser:
+    """Turns rows of strings under a checked header into COPY text lines (``FIELD_NAMES`` order)."""
+
+    def __init__(self, header: list[str], *, now: datetime | None = None) -> None:
+        unknown = [name for name in header if name not in BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown columns: {unknown}")
+        self.header = header
+        self.index = {name: i for i, name in enumerate(header)}
+        self.now_text = (now or datetime.now(UTC)).isoformat()
+
+    def parse(self, row: list[str], line: int | None = None) -> tuple[str, str]:
+        """``(run_id, copy line)`` of a row, or ``MetricValidationError`` naming what is wrong."""
+        try:
+            return self._fast(row)
+        except _Slow:
+            metric = parse_metric(dict(zip(self.header, row, strict=True)), line=line)
+            return metric.run_id, copy_text(metric.pg_values())
+
+    def _fast(self, row: list[str]) -> tuple[str, str]:
+        index = self.index
+        out: list[str] = []
+        ints: dict[str, int | None] = {}
+        for col in COLUMNS:
+            i = index.get(col.name)
+            raw = row[i] if i is not None else ""
+            if raw == "":
+                if col.required:
+                    raise _Slow
+                if col.name == "created_at":
+                    out.append(self.now_text)
+                elif col.name == "success_rate":
+                    rate = derive_success_rate(ints["agents_total"], ints["agents_successful"])
+                    out.append("\\N" if rate is None else format(rate, "f"))
+                else:
+                    out.append("\\N")
+                    ints[col.name] = None
+                continue
+            name = col.name
+            if name in _INT_COLUMNS:
+                if not _INT_TEXT.fullmatch(raw):
+                    raise _Slow
+                value = int(raw)
+                if value > INT32_MAX:
+                    raise _Slow
+                ints[name] = value
+            elif name == "cost_usd":
+                if not _COST_TEXT.fullmatch(raw):
+                    raise _Slow
+            elif name == "success_rate":
+                if not _RATE_TEXT.fullmatch(raw) or Decimal(raw) > RATE_MAX:
+                    raise _Slow
+            elif name == "created_at":
+                if not _TIME_TEXT.fullmatch(raw):
+                    raise _Slow
+                try:
+                    stamp = datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(UTC)
+                except (ValueError, OverflowError):
+                    raise _Slow from None
+                if stamp < DATETIME_MIN:
+                    raise _Slow
+            elif name == "run_id":
+                if not _RUN_ID_TEXT.fullmatch(raw) or raw != raw.strip() or not raw.isascii():
+                    raise _Slow
+            else:  # campaign_id, phase
+                assert col.max_length is not None
+                if len(raw) > col.max_length or not _PLAIN_TEXT.fullmatch(raw):
+                    raise _Slow
+                if not raw.strip():
+                    raise _Slow  # blank: required (error) or NULL (phase); the reference decides
+                if not raw.isascii():
+                    raise _Slow
+            out.append(raw)
+        total, ok = ints.get("agents_total"), ints.get("agents_successful")
+        if total is not None and ok is not None and ok > total:
+            raise _Slow
+        return out[1], "\t".join(out) + "\n"

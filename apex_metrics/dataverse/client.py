@@ -47,7 +47,7 @@ from apex_metrics.dataverse.urls import API_PATH, check_url, key_path, same_orig
 log = logging.getLogger(__name__)
 
 UpsertMode = Literal["upsert", "create", "update"]
-Outcome = Literal["created", "updated", "upserted", "failed"]
+Outcome = Literal["created", "updated", "failed"]
 MAX_BATCH = 1000
 MAX_PAGE_SIZE = 5000
 ODATA_HEADERS = {
@@ -63,7 +63,9 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 class UpsertOutcome:
     """What happened to one row of an upsert.
 
-    ``outcome`` is ``upserted`` only when the server did not say whether it created or updated.
+    ``created`` comes from a 201; ``updated`` from a 200, and also from a bare 204 (a server that
+    ignored ``Prefer: return=representation`` does not say which it did; either way the row now
+    holds the values sent).
     """
 
     key: str
@@ -465,9 +467,7 @@ class DataverseClient:
 def _outcome(status: int) -> Outcome:
     if status == 201:
         return "created"
-    if status == 200:
-        return "updated"
-    return "upserted"
+    return "updated"
 
 
 def _without_keys(body: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:

@@ -108,7 +108,7 @@ async def test_partial_failure_maps_to_the_right_rows(mock_client: MakeClient) -
         [("a", {}), ("b", {"apex_phase": "x" * 17}), ("c", {})],
     )
     a, b, c = outcomes
-    assert (a.key, a.status, a.outcome) == ("a", 204, "upserted")
+    assert (a.key, a.status, a.outcome) == ("a", 204, "updated")
     assert (b.key, b.status, b.outcome, b.code) == ("b", 400, "failed", "0x80044331")
     assert "apex_phase" in b.message and not b.transient
     assert (c.key, c.status, c.outcome) == ("c", 201, "created")

@@ -113,7 +113,7 @@ async def test_5xx_and_dropped_connections_are_retried_for_idempotent_calls(
 
     client = mock_client(handler)
     outcome = await client.upsert("s", {"k": "a"}, {"v": 1})
-    assert calls == 4 and outcome.outcome == "upserted"
+    assert calls == 4 and outcome.outcome == "updated"
     assert client.flow.stats.retries == 3
 
 

@@ -55,7 +55,7 @@ def default_data_dir() -> Path:
 class DemoOptions:
     rate: float = 1.0  # synthetic runs per second
     backfill_days: float = 0.0
-    backfill_per_hour: float = 12.0
+    backfill_per_hour: float = 60.0
     workers: int = 2
     panel_host: str = "127.0.0.1"
     panel_port: int = 8000

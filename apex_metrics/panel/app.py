@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -48,6 +48,7 @@ class PanelConfig:
     port: int = 8000
     watch_interval: float = 1.0
     use_rollup: bool = True
+    dataverse_options: dict[str, Any] = field(default_factory=dict)  # e.g. a test transport
 
     @classmethod
     def from_settings(
@@ -113,7 +114,9 @@ async def open_source(
 
     if config.settings is None:
         raise ConfigError("the dataverse source needs settings")
-    source = await stack.enter_async_context(open_dataverse_source(config.settings))
+    source = await stack.enter_async_context(
+        open_dataverse_source(config.settings, **config.dataverse_options)
+    )
     return source, sync_reader
 
 

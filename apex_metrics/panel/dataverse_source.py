@@ -54,7 +54,12 @@ def odata_string(value: str) -> str:
 
 
 def odata_datetime(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ceil_second(value: datetime) -> datetime:
+    down = value.replace(microsecond=0)
+    return down if down == value else down + timedelta(seconds=1)
 
 
 def _decimal(value: Any) -> Decimal:
@@ -96,9 +101,14 @@ class DataverseSource:
         return f"filter({where})/{apply}" if where else apply
 
     async def _aggregate(self, apply: str, window: Window) -> list[dict[str, Any]]:
+        # Dataverse keeps whole seconds and the client filters on whole seconds: for such
+        # values t >= start <=> t >= ceil(start), and t < end <=> t < ceil(end).
+        start, end = ceil_second(window.start), ceil_second(window.end)
+        if end <= start:
+            return []
         async with self._limit:
             return await self.client.aggregate(
-                ENTITY_SET, apply, time_column=CREATED, start=window.start, end=window.end
+                ENTITY_SET, apply, time_column=CREATED, start=start, end=end
             )
 
     async def _gather(self, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
@@ -187,8 +197,8 @@ class DataverseSource:
         window = filters.window
         where = self._where(
             filters,
-            f"{CREATED} ge {odata_datetime(window.start)}",
-            f"{CREATED} lt {odata_datetime(window.end)}",
+            f"{CREATED} ge {odata_datetime(ceil_second(window.start))}",
+            f"{CREATED} lt {odata_datetime(ceil_second(window.end))}",
         )
         count = 0
         async for row in self.client.query(

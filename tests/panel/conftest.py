@@ -73,7 +73,8 @@ def seed_runs(url: str, n: int = 2500, seed: int = 6) -> datetime:
             age = timedelta(seconds=rng.uniform(0, 3_600))
         else:
             age = timedelta(seconds=rng.uniform(0, 62 * 86_400))
-        rows.append(random_run(rng, now - age, f"run-{seed}-{i}"))
+        # Whole seconds, as Dataverse keeps them: both stores then hold identical rows.
+        rows.append(random_run(rng, (now - age).replace(microsecond=0), f"run-{seed}-{i}"))
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         cur.executemany(INSERT, rows)
     return now

@@ -278,9 +278,11 @@ class Store:
         changes: list[dict[str, Any]],
     ) -> None:
         """Record a create (1), update (2) or delete (3) with old and new values."""
+        # Audit ids sort in time order (default order of the ``audits`` entity set).
+        audit_id = uuid.UUID(int=(time.time_ns() << 64) | secrets.randbits(64))
         self._audit.append(
             (
-                str(uuid.uuid4()),
+                str(audit_id),
                 time.time_ns(),
                 entity.logical_name,
                 row_id,

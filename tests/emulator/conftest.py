@@ -100,10 +100,20 @@ def create_metrics_table(client: httpx.Client) -> None:
     assert response.status_code == 204, response.text
 
 
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
+@pytest.fixture(scope="module")
+def shared_emulator() -> Iterator[RunningEmulator]:
+    """One server per test module; each test starts from an empty store (admin reset)."""
     with running_emulator(EmulatorConfig(key_activation_delay_seconds=0)) as emu:
         yield emu
+
+
+@pytest.fixture
+def emulator(shared_emulator: RunningEmulator) -> RunningEmulator:
+    reset = httpx.post(f"{shared_emulator.url}/_emulator/reset", timeout=10)
+    assert reset.status_code == 200
+    faults = httpx.put(f"{shared_emulator.url}/_emulator/faults", json={}, timeout=10)
+    assert faults.status_code == 200
+    return shared_emulator
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import pytest
 
 from tests.emulator.conftest import SET
 
@@ -51,3 +54,154 @@ def test_upsert_by_alternate_key_creates_then_updates(client: httpx.Client, tabl
     assert again.json()["apex_runid"] == "run-2"
     rows = client.get(SET, params={"$select": "apex_runid"}).json()["value"]
     assert sorted(r["apex_runid"] for r in rows) == ["run-1", "run-2"]
+
+
+def error_of(response: httpx.Response) -> tuple[int, str, str]:
+    body = response.json()
+    assert set(body) == {"error"}
+    return response.status_code, body["error"]["code"], body["error"]["message"]
+
+
+def test_if_match_star_is_update_only(client: httpx.Client, table: str) -> None:
+    response = client.patch(f"{SET}(apex_runid='none')", json={}, headers={"If-Match": "*"})
+    status, code, message = error_of(response)
+    assert (status, code) == (404, "0x80040217")
+    assert "does not exist" in message
+    assert client.get(SET).json()["value"] == []
+
+
+def test_if_none_match_star_is_create_only(client: httpx.Client, table: str) -> None:
+    url = f"{SET}(apex_runid='once')"
+    assert client.patch(url, json={}, headers={"If-None-Match": "*"}).status_code == 204
+    again = client.patch(url, json={"apex_tokensin": 9}, headers={"If-None-Match": "*"})
+    status, _, message = error_of(again)
+    assert status == 412
+    assert message == "A record with matching key values already exists."
+    assert client.get(url).json()["apex_tokensin"] is None
+
+
+def test_duplicate_alternate_key_on_create(client: httpx.Client, table: str) -> None:
+    assert client.post(SET, json={"apex_runid": "dup"}).status_code == 204
+    status, code, message = error_of(client.post(SET, json={"apex_runid": "dup"}))
+    assert (status, code) == (412, "0x80060892")
+    assert message.startswith("Entity Key apex_RunIdKey violated.")
+
+
+def test_etags_and_conditional_requests(client: httpx.Client, table: str) -> None:
+    url = f"{SET}(apex_runid='e')"
+    client.patch(url, json={"apex_tokensin": 1})
+    first = client.get(url)
+    etag = first.json()["@odata.etag"]
+    assert first.headers["ETag"] == etag
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert (
+        client.patch(url, json={"apex_tokensin": 2}, headers={"If-Match": etag}).status_code == 204
+    )
+    stale = client.patch(url, json={"apex_tokensin": 3}, headers={"If-Match": etag})
+    assert stale.status_code == 412
+    assert client.get(url).json()["apex_tokensin"] == 2
+    assert client.get(url).json()["@odata.etag"] != etag
+
+
+def test_delete_then_404(client: httpx.Client, table: str) -> None:
+    url = f"{SET}(apex_runid='gone')"
+    client.patch(url, json={})
+    row_id = client.get(url).json()["apex_campaignmetricsid"]
+    assert client.delete(f"{SET}({row_id})").status_code == 204
+    status, code, message = error_of(client.get(f"{SET}({row_id})"))
+    assert (status, code) == (404, "0x80040217")
+    assert message == f"apex_campaignmetrics With Id = {row_id} Does Not Exist"
+    assert client.delete(url).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "fragment"),
+    [
+        ({"apex_nope": 1}, 400, "0x80060888", "Could not find a property named 'apex_nope'"),
+        (
+            {"apex_phase": "x" * 17},
+            400,
+            "0x80044331",
+            "exceeded the maximum allowed length of '16'",
+        ),
+        ({"apex_tokensin": -1}, 400, "0x80044331", "outside the valid range"),
+        ({"apex_tokensin": 2**31}, 400, "0x80048d19", "System.Int64"),
+        ({"apex_tokensin": "12"}, 400, "0x80048d19", "Edm.Int32"),
+        ({"apex_costusd": 1.123456}, 400, "0x80044331", "more than 5 decimal places"),
+        ({"apex_costusd": 100000}, 400, "0x80044331", "outside the valid range"),
+        ({"apex_successrate": 100.001}, 400, "0x80044331", "outside the valid range"),
+        ({"apex_createdat": "yesterday"}, 400, "0x80048d19", "Edm.DateTimeOffset"),
+        ([1, 2], 400, "0x80048d19", "JSON object"),
+    ],
+)
+def test_validation_errors(
+    client: httpx.Client, table: str, body: object, status: int, code: str, fragment: str
+) -> None:
+    response = client.patch(f"{SET}(apex_runid='v')", json=body)
+    got_status, got_code, message = error_of(response)
+    assert (got_status, got_code) == (status, code)
+    assert fragment in message
+    assert client.get(SET).json()["value"] == []
+
+
+def test_malformed_json_and_urls(client: httpx.Client, table: str) -> None:
+    bad_json = client.post(SET, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert error_of(bad_json)[0] == 400
+    nan = client.post(SET, content=b'{"apex_tokensin": NaN}')
+    assert error_of(nan)[0] == 400
+    for url in [
+        f"{SET}(apex_runid='unterminated)",
+        f"{SET}(apex_runid=bare)",
+        f"{SET}(apex_nope='x')",
+        f"{SET}(not-a-guid)",
+    ]:
+        assert error_of(client.get(url))[0] == 400, url
+    assert error_of(client.get("apex_nothings"))[0] == 404
+    assert client.put(SET, json={}).status_code == 405
+
+
+def test_datetimes_are_utc_whole_seconds(client: httpx.Client, table: str) -> None:
+    url = f"{SET}(apex_runid='t')"
+    client.patch(url, json={"apex_createdat": "2024-05-01T10:00:00.987+02:00"})
+    row = client.get(url).json()
+    assert row["apex_createdat"] == "2024-05-01T08:00:00Z"
+    assert row["createdon"].endswith("Z")
+    assert len(row["createdon"]) == 20
+
+
+def test_single_property_put_and_get(client: httpx.Client, table: str) -> None:
+    url = f"{SET}(apex_runid='p')"
+    client.patch(url, json={"apex_tokensin": 1})
+    assert client.put(f"{url}/apex_tokensin", json={"value": 7}).status_code == 204
+    assert client.get(f"{url}/apex_tokensin").json()["value"] == 7
+    assert client.delete(f"{url}/apex_tokensin").status_code == 204
+    assert client.get(url).json()["apex_tokensin"] is None
+
+
+def test_key_columns_in_body_cannot_change_the_key(client: httpx.Client, table: str) -> None:
+    url = f"{SET}(apex_runid='k1')"
+    client.patch(url, json={})
+    client.patch(url, json={"apex_runid": "k2", "apex_tokensin": 4})
+    rows = client.get(SET, params={"$select": "apex_runid,apex_tokensin"}).json()["value"]
+    assert [(r["apex_runid"], r["apex_tokensin"]) for r in rows] == [("k1", 4)]
+
+
+def test_audit_history_is_readable(client: httpx.Client, table: str) -> None:
+    url = f"{SET}(apex_runid='a1')"
+    client.patch(url, json={"apex_tokensin": 1})
+    client.patch(url, json={"apex_tokensin": 2})
+    row_id = client.get(url).json()["apex_campaignmetricsid"]
+    client.delete(url)
+    audits = client.get(
+        "audits",
+        params={"$filter": f"_objectid_value eq '{row_id}'", "$orderby": "createdon"},
+    )
+    assert audits.status_code == 200, audits.text
+    entries = audits.json()["value"]
+    assert [e["action"] for e in entries] == [1, 2, 3]
+    assert all(e["objecttypecode"] == "apex_campaignmetrics" for e in entries)
+    assert all(e["_userid_value"] == entries[0]["_userid_value"] for e in entries)
+    update = json.loads(entries[1]["changedata"])["changedAttributes"]
+    assert {"logicalName": "apex_tokensin", "oldValue": 1, "newValue": 2} in update
+    deleted = json.loads(entries[2]["changedata"])["changedAttributes"]
+    assert {"logicalName": "apex_tokensin", "oldValue": 2, "newValue": None} in deleted

@@ -29,6 +29,7 @@ from apex_metrics.dataverse.errors import (
     InsecureTransport,
     TokenRequestFailed,
     TransientError,
+    UnknownClient,
     error_from_token_answer,
 )
 from apex_metrics.dataverse.urls import check_url, is_loopback
@@ -300,6 +301,12 @@ def _transport_error(exc: requests.RequestException, authority: str) -> Datavers
 def _msal_error(exc: ValueError, authority: str) -> DataverseError:
     # MSAL raises ValueError when the authority's discovery document is missing or invalid,
     # which is what an unknown tenant looks like.
+    if "Unable to get authority configuration" in str(exc):
+        return UnknownClient(
+            f"token authority {authority} has no OpenID configuration for this tenant",
+            hint="APEX_TENANT_ID must be the Directory (tenant) ID the app is registered in, "
+            "and APEX_AUTHORITY_HOST the authority that holds it",
+        )
     return TokenRequestFailed(
         f"token authority {authority} rejected the configuration: {exc}",
         hint="check APEX_AUTHORITY_HOST and APEX_TENANT_ID (the Directory (tenant) ID)",

@@ -28,13 +28,13 @@ class WhoAmIReport:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        org = self.organization_name or "(name not readable)"
-        user = self.user_name or "(name not readable)"
+        org = f"{self.organization_name} " if self.organization_name else ""
+        user = f"{self.user_name} " if self.user_name else ""
         return [
             f"environment:   {self.environment_url}",
             f"authority:     {self.authority}",
-            f"organisation:  {org} ({self.organization_id})",
-            f"app user:      {user} ({self.user_id})"
+            f"organisation:  {org}({self.organization_id})",
+            f"app user:      {user}({self.user_id})"
             + (f", application id {self.application_id}" if self.application_id else ""),
             f"parallelism:   x-ms-dop-hint {self.dop_hint if self.dop_hint else 'not sent'}",
         ]

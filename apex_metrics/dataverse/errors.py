@@ -275,6 +275,7 @@ def error_from_token_answer(
     """The error for a failed token request (an OAuth2 error body, as MSAL also returns it)."""
     error = str(data.get("error") or "error")
     description = str(data.get("error_description") or "").split("\r\n")[0].split("\n")[0]
+    description = description.split(" Trace ID:")[0].strip()  # drop trace/correlation noise
     codes = {int(c) for c in data.get("error_codes") or [] if str(c).isdigit()}
     for match in re.finditer(r"AADSTS(\d+)", description):
         codes.add(int(match.group(1)))
@@ -284,7 +285,13 @@ def error_from_token_answer(
     kw: dict[str, Any] = {"status": status, "code": error, "server_message": description}
     if 7000215 in codes or 7000222 in codes:
         return InvalidClientSecret(text, **kw)
-    if codes & {700016, 90002, 900023, 90023}:
+    if codes & {90002, 900023, 90023}:
+        return UnknownClient(
+            text,
+            hint="APEX_TENANT_ID must be the Directory (tenant) ID the app is registered in",
+            **kw,
+        )
+    if 700016 in codes:
         return UnknownClient(text, **kw)
     if status is not None and (status >= 500 or status == 429):
         return TransientError(text, **kw)

@@ -102,6 +102,12 @@ async def test_msal_over_https_with_test_ca(tls_emulator: Any) -> None:
     ) as client:
         with pytest.raises(e.InvalidClientSecret):
             await client.whoami()
+    other_tenant = local_settings(
+        tls_emulator.url, tenant_id="elsewhere", ca_bundle=tls_emulator.ca_file
+    )
+    async with open_dataverse(other_tenant) as client:
+        with pytest.raises(e.UnknownClient):
+            await client.whoami()
     async with open_dataverse(local_settings(tls_emulator.url)) as client:
         with pytest.raises(e.InsecureTransport) as caught:
             await client.whoami()
@@ -154,3 +160,17 @@ async def test_post_create_is_not_retried_after_a_dropped_connection() -> None:
             await set_faults(client, server, drop_rate=0.0)
             rows = [r async for r in client.query(SET, select=[KEY])]
             assert [r[KEY] for r in rows] == ["r-1"], "executed once, never re-sent"
+
+
+async def test_msal_token_is_renewed_before_it_expires() -> None:
+    config = EmulatorConfig(token_lifetime_seconds=2)
+    with running_emulator(config, tls=True) as server:
+        settings = local_settings(server.url, ca_bundle=server.ca_file)
+        async with open_dataverse(settings) as client:
+            tokens = client.tokens
+            assert isinstance(tokens, MsalTokenProvider)
+            first = await tokens.token()
+            assert await tokens.token() == first and tokens.fetches == 1
+            await asyncio.sleep(1.1)  # past half of the 2 s lifetime: renewed before expiry
+            await client.whoami()
+            assert tokens.fetches == 2

@@ -249,5 +249,11 @@ async def test_app_not_application_user_and_wrong_secret() -> None:
             await client.whoami()
     unknown = local_settings(client_id="who", client_secret="x")
     async with open_dataverse(unknown, transport=httpx.ASGITransport(app=app)) as client:
-        with pytest.raises(e.UnknownClient):
+        with pytest.raises(e.UnknownClient) as caught_client:
             await client.whoami()
+    assert "APEX_CLIENT_ID" in (caught_client.value.hint or "")
+    tenant = local_settings(tenant_id="elsewhere")
+    async with open_dataverse(tenant, transport=httpx.ASGITransport(app=app)) as client:
+        with pytest.raises(e.UnknownClient) as caught_tenant:
+            await client.whoami()
+    assert "APEX_TENANT_ID" in (caught_tenant.value.hint or "")

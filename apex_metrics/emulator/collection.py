@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote as url_quote
 from urllib.parse import urlencode
 
 from apex_metrics.emulator.aggregate import parse_apply, run_apply
@@ -50,10 +51,15 @@ def _check_options(request: ApiRequest) -> None:
         raise bad_request("$expand is not supported by the emulator on data tables.")
 
 
+def _encode(pairs: list[tuple[str, str]]) -> str:
+    """A query string as Dataverse writes its links: ``$`` and ``,`` stay, ``<`` is %3C."""
+    return urlencode(pairs, quote_via=url_quote, safe="$,'()=")
+
+
 def _next_link(request: ApiRequest, entity: Entity, token: str) -> str:
     pairs = [(k, v) for k, v in request.query if k != "$skiptoken"]
     pairs.append(("$skiptoken", token))
-    return f"{request.service_root}/{entity.entity_set_name}?{urlencode(pairs)}"
+    return f"{request.service_root}/{entity.entity_set_name}?{_encode(pairs)}"
 
 
 def _context(request: ApiRequest, entity: Entity, select: list[str] | None, delta: bool) -> str:
@@ -222,6 +228,6 @@ def _changes(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
         pairs = [(k, v) for k, v in request.query if k not in ("$skiptoken", "$deltatoken")]
         pairs.append(("$deltatoken", _delta_token(upto)))
         body["@odata.deltaLink"] = (
-            f"{request.service_root}/{entity.entity_set_name}?{urlencode(pairs)}"
+            f"{request.service_root}/{entity.entity_set_name}?{_encode(pairs)}"
         )
     return ApiResponse.json(200, body, {"Preference-Applied": "odata.track-changes"})

@@ -78,6 +78,11 @@ class FilterSql:
             return attr
         if isinstance(node, ast.Attribute):
             raise bad_request("Navigation properties are not supported in $filter.")
+        if isinstance(node, ast.Call):
+            raise bad_request(
+                f"The function '{node.func.name}' is not supported here in $filter"
+                " (only contains, startswith and endswith, as conditions)."
+            )
         raise bad_request(f"Expected a property name in $filter, got {type(node).__name__}.")
 
     def _bool(self, node: ast._Node) -> str:

@@ -185,9 +185,11 @@ class DataverseClient:
                         return response
                     error = error_from_response(response, what=what)
                     server_wait = parse_retry_after(response.headers.get("Retry-After"), 0.0)
+                    if isinstance(error, Throttled):
+                        # Pause before giving the slot back, so no request slips through.
+                        self.flow.throttled(error.retry_after)
             if isinstance(error, Throttled):
                 # A throttled request was not executed, so every method may be re-sent.
-                self.flow.throttled(error.retry_after)
                 throttles += 1
                 attempt -= 1
                 if throttles > self.retry.max_throttled:

@@ -411,3 +411,21 @@ async def test_aggregate_splits_range_on_record_limit_and_combines(mock_client: 
             start=datetime(2026, 1, 1, tzinfo=UTC),
             end=datetime(2026, 1, 3, tzinfo=UTC),
         )
+
+
+async def test_token_never_goes_to_another_host(mock_client: MakeClient) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    client = mock_client(handler)
+    for url in (
+        "https://evil.example/api/data/v9.2/WhoAmI",
+        "http://org.example.test/x",
+        "https://org.example.test:8443/x",
+    ):
+        with pytest.raises(e.InsecureTransport):
+            await client.request("GET", url)
+    assert seen == []

@@ -22,6 +22,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 HOUR: Final = timedelta(hours=1)
+DAY: Final = timedelta(days=1)
 EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)  # bucket origin, as in panel.sql
 WINDOWS: Final[dict[str, timedelta]] = {
     "1h": timedelta(hours=1),
@@ -55,13 +56,31 @@ class Window:
         """The window of the same length that ends where this one starts."""
         return Window(self.start - self.length, self.start)
 
-    def hours(self) -> tuple[datetime, datetime]:
-        """Full hours [h1, h2) inside the window; h1 = h2 = end when there is none."""
+    def tiers(self, *, days: bool = True) -> Tiers:
+        """How panel.sql reads the window: full UTC days [d1, d2) from the daily rollup, the
+        other full hours [h1, d1) and [d2, h2) from the hourly one, the rest from raw rows."""
         h1 = ceil_time(self.start, HOUR)
         h2 = floor_time(self.end, HOUR)
         if h1 >= h2:
-            return self.end, self.end
-        return h1, h2
+            return Tiers(self.end, self.end, self.end, self.end)
+        d1 = ceil_time(self.start, DAY)
+        d2 = floor_time(self.end, DAY)
+        if not days or d1 >= d2:
+            return Tiers(h1, h2, h2, h2)
+        return Tiers(h1, h2, d1, d2)
+
+    def raw_only(self) -> Tiers:
+        return Tiers(self.end, self.end, self.end, self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Tiers:
+    """Bounds of the three tiers of a window (see :meth:`Window.tiers`)."""
+
+    h1: datetime
+    h2: datetime
+    d1: datetime
+    d2: datetime
 
 
 def floor_time(t: datetime, step: timedelta) -> datetime:
@@ -76,10 +95,13 @@ def ceil_time(t: datetime, step: timedelta) -> datetime:
 
 def bucket_width(window: Window) -> int:
     """Seconds per chart bucket: the smallest width giving at most MAX_POINTS buckets; whole
-    hours once the window is longer than 6 hours (so the rollup can serve it)."""
+    hours once the window is longer than 6 hours and whole days past 8 days (so the hourly or
+    daily rollup can serve every bucket)."""
     seconds = window.length.total_seconds()
     for width in BUCKET_WIDTHS:
         if seconds > 6 * 3600 and width < 3600:
+            continue
+        if seconds > 8 * 86400 and width < 86400:
             continue
         if seconds / width <= MAX_POINTS:
             return width

@@ -80,13 +80,17 @@ class PostgresSource:
         self.pool = pool
         self.use_rollup = use_rollup
 
-    def _args(self, filters: Filters, window: Window, *, raw: bool = False) -> dict[str, Any]:
-        h1, h2 = (window.end, window.end) if raw or not self.use_rollup else window.hours()
+    def _args(
+        self, filters: Filters, window: Window, *, raw: bool = False, days: bool = True
+    ) -> dict[str, Any]:
+        tiers = window.raw_only() if raw or not self.use_rollup else window.tiers(days=days)
         return {
             "start": window.start,
             "end": window.end,
-            "h1": h1,
-            "h2": h2,
+            "h1": tiers.h1,
+            "h2": tiers.h2,
+            "d1": tiers.d1,
+            "d2": tiers.d2,
             "campaign": filters.campaign,
             "phase": filters.phase,
         }
@@ -110,8 +114,9 @@ class PostgresSource:
         window = filters.window
         filtered = filters.campaign is not None or filters.phase is not None
         rollup = width % 3600 == 0
-        sums_args = self._args(filters, window, raw=not rollup)
-        p95_args = self._args(filters, window, raw=filtered or not rollup)
+        days = width % 86400 == 0
+        sums_args = self._args(filters, window, raw=not rollup, days=days)
+        p95_args = self._args(filters, window, raw=filtered or not rollup, days=days)
         sums, p95s = await asyncio.gather(
             self._fetch("series_totals", {**sums_args, "width": width}),
             self._fetch("series_p95", {**p95_args, "width": width}),

@@ -1,25 +1,31 @@
 -- MetricsPanel queries (apex_metrics/panel/sources.py).
 --
--- A window [start, end) is read as full hours [h1, h2) from the hourly rollup plus the partial edge
--- hours [start, h1) and [h2, end) from raw rows. The caller passes h1 = h2 = end to read the whole
--- window from raw rows (short windows, the benchmark's "raw" mode, or filters the latency
--- histogram cannot serve). campaign and phase are optional filters (NULL = all).
+-- A window [start, end) is read in three tiers: full UTC days [d1, d2) from the daily rollup,
+-- the other full hours [h1, d1) and [d2, h2) from the hourly rollup, and the partial edge hours
+-- [start, h1) and [h2, end) from raw rows (kpis.Window.tiers computes the bounds). Passing
+-- d1 = d2 = h2 skips the daily tier; h1 = h2 = d1 = d2 = end reads raw rows only (short
+-- windows, the benchmark's raw mode, or filters the latency histograms cannot serve).
+-- campaign and phase are optional filters (NULL = all).
 
 -- name: totals
 -- Sums of one window (never averages: the panel derives rates from sums).
 WITH parts AS (
-    SELECT sum(runs) AS runs, sum(cost_usd) AS cost_usd, sum(tokens_in) AS tokens_in,
-           sum(tokens_out) AS tokens_out, sum(agents_total) AS agents_total,
-           sum(agents_successful) AS agents_successful, sum(assets_generated) AS assets_generated,
-           sum(latency_avg_sum) AS latency_avg_sum, sum(latency_avg_runs) AS latency_avg_runs
-    FROM apex_metrics_panel_rollup
-    WHERE hour >= %(h1)s AND hour < %(h2)s
+    SELECT runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_sum, latency_avg_runs
+    FROM apex_metrics_panel_rollup_daily
+    WHERE day >= %(d1)s AND day < %(d2)s
       AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
       AND (%(phase)s::text IS NULL OR phase = %(phase)s)
     UNION ALL
-    SELECT count(*), sum(cost_usd), sum(tokens_in), sum(tokens_out), sum(agents_total),
-           sum(agents_successful), sum(assets_generated), sum(latency_avg_ms),
-           count(latency_avg_ms)
+    SELECT runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_sum, latency_avg_runs
+    FROM apex_metrics_panel_rollup
+    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+    UNION ALL
+    SELECT 1, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_ms, CASE WHEN latency_avg_ms IS NULL THEN 0 ELSE 1 END
     FROM campaign_metrics
     WHERE ((created_at >= %(start)s AND created_at < %(h1)s)
            OR (created_at >= %(h2)s AND created_at < %(end)s))
@@ -34,12 +40,15 @@ SELECT coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
 FROM parts;
 
 -- name: latency_p95
--- p95 of the runs' latency_p95_ms, read from the latency histogram: the upper edge of the first
--- bucket where at least 95 percent of the runs lie. The histogram has no campaign or phase: with a
--- filter the caller passes h1 = h2 = end (raw rows only).
+-- p95 of the runs' latency_p95_ms, read from the latency histograms: the upper edge of the first
+-- bucket where at least 95 percent of the runs lie. The histograms have no campaign or phase:
+-- with a filter the caller reads raw rows only.
 WITH hist AS (
+    SELECT bucket, runs FROM apex_metrics_panel_latency_hist_daily
+    WHERE day >= %(d1)s AND day < %(d2)s
+    UNION ALL
     SELECT bucket, runs FROM apex_metrics_panel_latency_hist
-    WHERE hour >= %(h1)s AND hour < %(h2)s
+    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
     UNION ALL
     SELECT apex_metrics_latency_bucket(latency_p95_ms), 1
     FROM campaign_metrics
@@ -53,8 +62,7 @@ per_bucket AS (
     SELECT bucket, sum(runs) AS runs FROM hist GROUP BY bucket
 ),
 cumulative AS (
-    SELECT bucket, sum(runs) OVER (ORDER BY bucket) AS below,
-           sum(runs) OVER () AS total
+    SELECT bucket, sum(runs) OVER (ORDER BY bucket) AS below, sum(runs) OVER () AS total
     FROM per_bucket
 )
 SELECT apex_metrics_latency_bucket_upper(min(bucket))
@@ -64,17 +72,23 @@ WHERE total > 0 AND below * 100 >= total * 95;
 -- name: series_totals
 -- Sums per time bucket of %(width)s seconds, buckets aligned on 2000-01-01 00:00 UTC.
 WITH parts AS (
-    SELECT date_bin(make_interval(secs => %(width)s), hour,
-                    timestamptz '2000-01-01 00:00:00+00') AS bucket,
+    SELECT date_bin(make_interval(secs => %(width)s), day, timestamptz '2000-01-01 00:00:00+00') AS tb,
            runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
            assets_generated, latency_avg_sum, latency_avg_runs
-    FROM apex_metrics_panel_rollup
-    WHERE hour >= %(h1)s AND hour < %(h2)s
+    FROM apex_metrics_panel_rollup_daily
+    WHERE day >= %(d1)s AND day < %(d2)s
       AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
       AND (%(phase)s::text IS NULL OR phase = %(phase)s)
     UNION ALL
-    SELECT date_bin(make_interval(secs => %(width)s), created_at,
-                    timestamptz '2000-01-01 00:00:00+00'),
+    SELECT date_bin(make_interval(secs => %(width)s), hour, timestamptz '2000-01-01 00:00:00+00'),
+           runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_sum, latency_avg_runs
+    FROM apex_metrics_panel_rollup
+    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+    UNION ALL
+    SELECT date_bin(make_interval(secs => %(width)s), created_at, timestamptz '2000-01-01 00:00:00+00'),
            1, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
            assets_generated, latency_avg_ms, CASE WHEN latency_avg_ms IS NULL THEN 0 ELSE 1 END
     FROM campaign_metrics
@@ -83,26 +97,27 @@ WITH parts AS (
       AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
       AND (%(phase)s::text IS NULL OR phase = %(phase)s)
 )
-SELECT bucket, coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
+SELECT tb, coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
        coalesce(sum(tokens_in), 0)::bigint, coalesce(sum(tokens_out), 0)::bigint,
        coalesce(sum(agents_total), 0)::bigint, coalesce(sum(agents_successful), 0)::bigint,
        coalesce(sum(assets_generated), 0)::bigint, coalesce(sum(latency_avg_sum), 0)::bigint,
        coalesce(sum(latency_avg_runs), 0)::bigint
 FROM parts
-GROUP BY bucket
-ORDER BY bucket;
+GROUP BY tb
+ORDER BY tb;
 
 -- name: series_p95
 -- p95 of run p95s per time bucket (same rule as latency_p95).
 WITH hist AS (
-    SELECT date_bin(make_interval(secs => %(width)s), hour,
-                    timestamptz '2000-01-01 00:00:00+00') AS tb, bucket, runs
-    FROM apex_metrics_panel_latency_hist
-    WHERE hour >= %(h1)s AND hour < %(h2)s
+    SELECT date_bin(make_interval(secs => %(width)s), day, timestamptz '2000-01-01 00:00:00+00') AS tb,
+           bucket, runs FROM apex_metrics_panel_latency_hist_daily
+    WHERE day >= %(d1)s AND day < %(d2)s
     UNION ALL
-    SELECT date_bin(make_interval(secs => %(width)s), created_at,
-                    timestamptz '2000-01-01 00:00:00+00'),
-           apex_metrics_latency_bucket(latency_p95_ms), 1
+    SELECT date_bin(make_interval(secs => %(width)s), hour, timestamptz '2000-01-01 00:00:00+00'),
+           bucket, runs FROM apex_metrics_panel_latency_hist
+    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
+    UNION ALL
+    SELECT date_bin(make_interval(secs => %(width)s), created_at, timestamptz '2000-01-01 00:00:00+00'), apex_metrics_latency_bucket(latency_p95_ms), 1
     FROM campaign_metrics
     WHERE latency_p95_ms IS NOT NULL
       AND ((created_at >= %(start)s AND created_at < %(h1)s)
@@ -130,8 +145,15 @@ ORDER BY tb;
 WITH parts AS (
     SELECT campaign_id, runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
            assets_generated, latency_avg_sum, latency_avg_runs
+    FROM apex_metrics_panel_rollup_daily
+    WHERE day >= %(d1)s AND day < %(d2)s
+      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
+    UNION ALL
+    SELECT campaign_id, runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
+           assets_generated, latency_avg_sum, latency_avg_runs
     FROM apex_metrics_panel_rollup
-    WHERE hour >= %(h1)s AND hour < %(h2)s
+    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
       AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
       AND (%(phase)s::text IS NULL OR phase = %(phase)s)
     UNION ALL

@@ -175,7 +175,8 @@ CREATE INDEX idx_sync_runs_started_at ON sync_runs (started_at);
 -- panel (0003_*)
 -- ============================================================================================
 
--- Hourly rollup, latency histogram, change sequence and their triggers; see 0003_panel_rollup.sql.
+-- Hourly and daily rollups, latency histograms, change sequence and their triggers; see
+-- 0003_panel_rollup.sql.
 CREATE TABLE IF NOT EXISTS apex_metrics_panel_rollup (
     hour timestamptz NOT NULL,
     campaign_id varchar(64) NOT NULL,
@@ -191,6 +192,31 @@ CREATE TABLE IF NOT EXISTS apex_metrics_panel_rollup (
     latency_avg_runs bigint NOT NULL DEFAULT 0,
     latency_p95_runs bigint NOT NULL DEFAULT 0,
     CONSTRAINT apex_metrics_panel_rollup_key UNIQUE NULLS NOT DISTINCT (hour, campaign_id, phase)
+);
+
+CREATE TABLE IF NOT EXISTS apex_metrics_panel_rollup_daily (
+    day timestamptz NOT NULL,
+    campaign_id varchar(64) NOT NULL,
+    phase varchar(16),
+    runs bigint NOT NULL DEFAULT 0,
+    cost_usd numeric NOT NULL DEFAULT 0,
+    tokens_in bigint NOT NULL DEFAULT 0,
+    tokens_out bigint NOT NULL DEFAULT 0,
+    agents_total bigint NOT NULL DEFAULT 0,
+    agents_successful bigint NOT NULL DEFAULT 0,
+    assets_generated bigint NOT NULL DEFAULT 0,
+    latency_avg_sum bigint NOT NULL DEFAULT 0,
+    latency_avg_runs bigint NOT NULL DEFAULT 0,
+    latency_p95_runs bigint NOT NULL DEFAULT 0,
+    CONSTRAINT apex_metrics_panel_rollup_daily_key
+        UNIQUE NULLS NOT DISTINCT (day, campaign_id, phase)
+);
+
+CREATE TABLE IF NOT EXISTS apex_metrics_panel_latency_hist_daily (
+    day timestamptz NOT NULL,
+    bucket smallint NOT NULL,
+    runs bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, bucket)
 );
 
 CREATE TABLE IF NOT EXISTS apex_metrics_panel_latency_hist (
@@ -227,7 +253,8 @@ DECLARE
     changed bigint;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE apex_metrics_panel_rollup, apex_metrics_panel_latency_hist;
+        TRUNCATE apex_metrics_panel_rollup, apex_metrics_panel_latency_hist,
+                 apex_metrics_panel_rollup_daily, apex_metrics_panel_latency_hist_daily;
         PERFORM nextval('apex_metrics_panel_change_seq');
         PERFORM pg_notify('apex_metrics_panel', '');
         RETURN NULL;
@@ -301,8 +328,52 @@ BEGIN
             ORDER BY 1, 2
             ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
             RETURNING 1
+        ),
+        rolled_daily AS (
+            INSERT INTO apex_metrics_panel_rollup_daily AS r (
+                day, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+                agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+                latency_p95_runs
+            )
+            SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+                   campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+                   coalesce(sum(sign * tokens_in::bigint), 0),
+                   coalesce(sum(sign * tokens_out::bigint), 0),
+                   coalesce(sum(sign * agents_total::bigint), 0),
+                   coalesce(sum(sign * agents_successful::bigint), 0),
+                   coalesce(sum(sign * assets_generated::bigint), 0),
+                   coalesce(sum(sign * latency_avg_ms::bigint), 0),
+                   coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+                   coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+            FROM delta
+            GROUP BY 1, 2, 3
+            ORDER BY 1, 2, 3
+            ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_daily_key DO UPDATE SET
+                runs = r.runs + excluded.runs,
+                cost_usd = r.cost_usd + excluded.cost_usd,
+                tokens_in = r.tokens_in + excluded.tokens_in,
+                tokens_out = r.tokens_out + excluded.tokens_out,
+                agents_total = r.agents_total + excluded.agents_total,
+                agents_successful = r.agents_successful + excluded.agents_successful,
+                assets_generated = r.assets_generated + excluded.assets_generated,
+                latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+                latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+                latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+            RETURNING 1
+        ),
+        hist_daily AS (
+            INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
+            SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+                   apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+            FROM delta
+            WHERE latency_p95_ms IS NOT NULL
+            GROUP BY 1, 2
+            ORDER BY 1, 2
+            ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+            RETURNING 1
         )
         SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
+             + (SELECT count(*) FROM rolled_daily) + (SELECT count(*) FROM hist_daily)
     $q$, delta) INTO changed;
 
     IF changed > 0 THEN

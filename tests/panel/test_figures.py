@@ -181,6 +181,12 @@ async def test_rollup_tracks_inserts_updates_and_deletes(seeded_url: str) -> Non
         seq_after = conn.execute("SELECT last_value FROM apex_metrics_panel_change_seq").fetchone()
         assert conn.execute(compare).fetchall() == []
         assert conn.execute(hist).fetchall() == []
+        daily = compare.replace("'1 hour'", "'1 day'").replace("SELECT hour,", "SELECT day,")
+        daily = daily.replace("apex_metrics_panel_rollup", "apex_metrics_panel_rollup_daily")
+        assert conn.execute(daily).fetchall() == []
+        hist_daily = hist.replace("'1 hour'", "'1 day'").replace("SELECT hour,", "SELECT day,")
+        hist_daily = hist_daily.replace("latency_hist", "latency_hist_daily")
+        assert conn.execute(hist_daily).fetchall() == []
         nonzero = conn.execute(
             "SELECT count(*) FROM apex_metrics_panel_rollup WHERE runs <> 0"
         ).fetchone()

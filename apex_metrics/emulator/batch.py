@@ -46,7 +46,7 @@ def _error_item(exc: ApiError, content_id: str | None = None) -> BatchResponseIt
 def _sub_request(outer: ApiRequest, part: BatchPart, references: dict[str, str]) -> ApiRequest:
     url = part.url.strip()
     match = _REFERENCE.match(url)
-    if match is not None:
+    if match is not None and (match.group(1).isdigit() or match.group(1) in references):
         location = references.get(match.group(1))
         if location is None:
             raise bad_request(

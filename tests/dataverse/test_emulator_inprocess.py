@@ -257,3 +257,20 @@ async def test_app_not_application_user_and_wrong_secret() -> None:
         with pytest.raises(e.UnknownClient) as caught_tenant:
             await client.whoami()
     assert "APEX_TENANT_ID" in (caught_tenant.value.hint or "")
+
+
+async def test_flags_switched_off_are_enabled(dataverse: DataverseClient) -> None:
+    body = table_body()
+    for name in ("ChangeTrackingEnabled", "IsAuditEnabled", "IsDuplicateDetectionEnabled"):
+        del body[name]
+    await dataverse.request("POST", "EntityDefinitions", json_body=body)
+    before = await dataverse.get_json(TABLE_PATH)
+    assert before["ChangeTrackingEnabled"] is False
+    report = await provision(dataverse, poll_interval=0.05)
+    (enable,) = [s for s in report.steps if s.action == "enable"]
+    assert enable.done
+    assert enable.detail == "change tracking, auditing, duplicate detection"
+    after = await dataverse.get_json(TABLE_PATH)
+    assert after["ChangeTrackingEnabled"] is True
+    assert after["IsAuditEnabled"]["Value"] and after["IsDuplicateDetectionEnabled"]["Value"]
+    assert not (await provision(dataverse, poll_interval=0.05)).changed

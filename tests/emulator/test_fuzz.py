@@ -1,0 +1,113 @@
+"""Hypothesis fuzzing of the emulator's parsers over real HTTP: bad input is a 4xx, never a 500."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apex_metrics.dataverse.multipart import (
+    BatchPart,
+    ChangeSet,
+    MultipartError,
+    decode_batch_request,
+)
+from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.testing import running_emulator
+from tests.emulator.conftest import SET, api_client, create_metrics_table
+
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+COLUMNS = ["apex_runid", "apex_tokensin", "apex_costusd", "apex_createdat", "apex_nope", "x"]
+TOKENS = [
+    " ", "eq", "ne", "gt", "ge", "lt", "le", "and", "or", "not", "(", ")", ",", "'", "''",
+    "null", "true", "1", "-2.5", "2024-01-01T00:00:00Z", "2024-01-01", "'a%_\\'",
+    "contains(", "startswith(", "endswith(", "tolower(", "in", "[", "]", "$", "/", "any(",
+    "00000000-0000-0000-0000-000000000001", "Microsoft.Dynamics.CRM.In(", "=",
+]  # fmt: skip
+filter_text = st.lists(st.sampled_from(COLUMNS + TOKENS), max_size=25).map(" ".join) | st.text(
+    max_size=80
+)
+OPTIONS = ["$select", "$orderby", "$top", "$apply", "$skiptoken", "$count", "$deltatoken"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(COLUMNS), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_client() -> Iterator[httpx.Client]:
+    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0)) as emu:
+        with api_client(emu) as client:
+            create_metrics_table(client)
+            client.patch(f"{SET}(apex_runid='seed')", json={"apex_tokensin": 1})
+            yield client
+
+
+def assert_not_500(response: httpx.Response) -> None:
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"code", "message"}
+
+
+@FUZZ
+@given(text=filter_text)
+def test_filter_never_500(fuzz_client: httpx.Client, text: str) -> None:
+    assert_not_500(fuzz_client.get(SET, params={"$filter": text}))
+
+
+@FUZZ
+@given(option=st.sampled_from(OPTIONS), text=filter_text)
+def test_other_options_never_500(fuzz_client: httpx.Client, option: str, text: str) -> None:
+    assert_not_500(fuzz_client.get(SET, params={option: text}))
+
+
+@FUZZ
+@given(key=filter_text, body=json_values)
+def test_keys_and_bodies_never_500(fuzz_client: httpx.Client, key: str, body: object) -> None:
+    safe_key = quote(key, safe="=',")
+    content = json.dumps(body).encode()  # NaN and Infinity included: the server must refuse them
+    assert_not_500(fuzz_client.patch(f"{SET}({safe_key})", content=content))
+
+
+LINES = [
+    "--b", "--b--", "--c", "--c--", "", "Content-Type: application/http",
+    "Content-Type: multipart/mixed; boundary=c", "Content-Transfer-Encoding: binary",
+    "Content-ID: 1", "Content-ID: 2", f"PATCH {SET}(apex_runid='f') HTTP/1.1",
+    f"POST {SET} HTTP/1.1", "GET WhoAmI HTTP/1.1", "PATCH $1 HTTP/1.1", "DELETE $2 HTTP/1.1",
+    "Content-Length: 3", '{"apex_tokensin": 2}', "{", "garbage", "HTTP/1.1 200 OK",
+]  # fmt: skip
+multipart_body = st.lists(st.sampled_from(LINES), max_size=30).flatmap(
+    lambda lines: st.sampled_from(["\r\n", "\n"]).map(lambda nl: nl.join(lines).encode())
+) | st.binary(max_size=200)
+
+
+@FUZZ
+@given(body=multipart_body)
+def test_multipart_decoder_raises_only_multipart_error(body: bytes) -> None:
+    try:
+        items = decode_batch_request(body, "multipart/mixed; boundary=b")
+    except MultipartError:
+        return
+    assert all(isinstance(i, BatchPart | ChangeSet) for i in items)
+
+
+@FUZZ
+@given(body=multipart_body)
+def test_batch_never_500(fuzz_client: httpx.Client, body: bytes) -> None:
+    response = fuzz_client.post(
+        "$batch", content=body, headers={"Content-Type": "multipart/mixed; boundary=b"}
+    )
+    assert response.status_code < 500, response.text

@@ -104,7 +104,9 @@ class DataverseClient:
         rng: random.Random | None = None,
     ) -> None:
         self.http = http
-        self.environment_url = check_url(environment_url, what="APEX_DATAVERSE_URL")
+        self.environment_url = check_url(
+            environment_url, what="APEX_DATAVERSE_URL", allow_path=False
+        )
         self.api_url = self.environment_url + API_PATH
         self.tokens = tokens
         self.flow = flow or FlowControl()

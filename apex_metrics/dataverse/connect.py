@@ -107,7 +107,9 @@ async def open_dataverse(
 
     ``transport`` (e.g. ``httpx.ASGITransport(app=emulator)``) and ``tokens`` are for tests.
     """
-    environment_url = check_url(settings.require("dataverse_url"), what="APEX_DATAVERSE_URL")
+    environment_url = check_url(
+        settings.require("dataverse_url"), what="APEX_DATAVERSE_URL", allow_path=False
+    )
     async with httpx.AsyncClient(
         verify=tls_context(settings.ca_bundle),
         transport=transport,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class FlowStats:
     retries: int = 0
     paused_seconds: float = 0.0
     max_in_flight: int = 0
-    retry_after: list[float] = field(default_factory=list)
+    retry_after: deque[float] = field(default_factory=lambda: deque(maxlen=100))  # latest
 
 
 class FlowControl:

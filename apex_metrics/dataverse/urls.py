@@ -36,7 +36,7 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def check_url(url: str, *, what: str) -> str:
+def check_url(url: str, *, what: str, allow_path: bool = True) -> str:
     """A base URL that obeys the transport rules, without a trailing slash."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -53,7 +53,13 @@ def check_url(url: str, *, what: str) -> str:
             f"{what} {url!r} must not carry credentials, a query or a fragment",
             hint="give only scheme, host, port and (optionally) a path",
         )
-    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+    path = parts.path.rstrip("/")
+    if path and not allow_path:
+        raise InsecureTransport(
+            f"{what} {url!r} has a path ({path}); give the environment URL only",
+            hint="e.g. https://org.crm.dynamics.com (as in the Power Platform admin center)",
+        )
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def origin(url: str) -> tuple[str, str, int]:

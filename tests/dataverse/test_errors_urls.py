@@ -132,6 +132,9 @@ def test_url_rules() -> None:
     ):
         with pytest.raises(e.InsecureTransport):
             check_url(bad, what="APEX_DATAVERSE_URL")
+    assert check_url("https://org.example/x/", what="u") == "https://org.example/x"
+    with pytest.raises(e.InsecureTransport, match="path"):
+        check_url("https://org.crm.dynamics.com/main.aspx", what="u", allow_path=False)
     assert is_loopback("127.5.0.1") and not is_loopback("128.0.0.1") and not is_loopback(None)
     assert same_origin("https://a.example/x", "https://a.example:443")
     assert not same_origin("https://a.example.evil/x", "https://a.example")

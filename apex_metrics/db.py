@@ -276,11 +276,16 @@ async def migrate(url: str | None = None) -> MigrationReport:
         try:
             await conn.execute(Q["create_migrations_table"])
             cur = await conn.execute(Q["applied_migrations"])
-            done = {int(row[0]) for row in await cur.fetchall()}
+            done = {int(row[0]): str(row[2]) for row in await cur.fetchall()}
             conn.add_notice_handler(on_notice)
             for migration in load_migrations():
                 if migration.version in done:
                     report.already_applied.append(migration.name)
+                    if done[migration.version] != checksum(migration.sql):
+                        report.notices.append(
+                            f"warning: {migration.name} changed since it was applied "
+                            "(applied migrations are never re-run)"
+                        )
                     continue
                 try:
                     async with conn.transaction():

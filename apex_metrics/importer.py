@@ -211,7 +211,7 @@ def open_source(source: str) -> tuple[io.BufferedReader, int | None]:
 
 def make_progress(console: Console | None) -> Progress:
     return Progress(
-        TextColumn("importing"),
+        TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rows]} rows"),
@@ -272,7 +272,7 @@ async def import_file(
         async with await connect(url) as conn:
             await ensure_migrated(conn)
             with make_progress(console) as progress:
-                task = progress.add_task("import", total=size, rows=0)
+                task = progress.add_task("reading and validating", total=size, rows=0)
                 async with conn.transaction():
                     await prepare_stage(conn)
                     async with conn.cursor().copy(Q["copy_stage"]) as copy:
@@ -289,6 +289,9 @@ async def import_file(
                             await copy.write("".join(batch))
                     if report.errors and not skip_invalid:
                         raise MetricValidationError(report.errors)
+                    progress.update(
+                        task, description="writing to campaign_metrics", rows=report.rows
+                    )
                     result: BulkResult = await upsert_stage(conn)
     except UnicodeDecodeError as exc:
         raise ImportFileError(

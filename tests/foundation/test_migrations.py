@@ -157,3 +157,13 @@ async def test_failed_migration_changes_nothing(empty_database_url: str) -> None
         url, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'campaign_metrics'"
     )
     assert columns == [(16,)]
+
+
+async def test_changed_applied_migration_is_reported(empty_database_url: str) -> None:
+    await db.migrate(empty_database_url)
+    execute(
+        empty_database_url, "UPDATE apex_metrics_migrations SET checksum = 'x' WHERE version = 1"
+    )
+    report = await db.migrate(empty_database_url)
+    assert report.applied == []
+    assert any("0001_campaign_metrics changed" in notice for notice in report.notices)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ def get_token(emu: RunningEmulator, client_id: str | None = None, secret: str | 
             "client_secret": secret or emu.config.client_secret,
             "scope": f"{emu.url}/.default",
         },
-        verify=str(emu.ca_file) if emu.ca_file else True,
+        verify=ssl.create_default_context(cafile=emu.ca_file) if emu.ca_file else True,
         timeout=10,
     )
     assert response.status_code == 200, response.text

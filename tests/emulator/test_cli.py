@@ -1,0 +1,126 @@
+"""``apex-metrics emulator`` as users run it, and storage that survives a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.testing import RunningEmulator, free_port, running_emulator
+from tests.emulator.conftest import SET, api_client, create_metrics_table
+
+
+@contextmanager
+def cli_emulator(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[dict[str, str], subprocess.Popen[str]]]:
+    command = [sys.executable, "-m", "apex_metrics", "emulator", *args]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        info = json.loads(line) if line.startswith("{") else {"line": line}
+        deadline = time.monotonic() + 15
+        while "url" in info:
+            try:
+                httpx.get(f"{info['url']}/_emulator/stats", timeout=1, verify=False)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the emulator did not start"
+                time.sleep(0.05)
+        yield info, process
+    finally:
+        process.terminate()
+        process.wait(10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_cli_prints_the_urls_and_serves(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"APEX_CLIENT_ID": "cli-client", "APEX_CLIENT_SECRET": "cli-secret-value"}
+    with cli_emulator("--port", str(port), "--json", "--tenant-id", "t1", env=env) as (info, _):
+        url = f"http://127.0.0.1:{port}"
+        assert info["APEX_DATAVERSE_URL"] == url
+        assert info["APEX_AUTHORITY_HOST"] == url
+        assert info["APEX_CLIENT_ID"] == "cli-client"
+        assert "cli-secret-value" not in json.dumps(info)
+        emu = RunningEmulator(url, None, EmulatorConfig("t1", "cli-client", "cli-secret-value"))
+        with api_client(emu) as client:
+            assert client.get("WhoAmI").status_code == 200
+
+
+def test_cli_text_output_never_shows_the_secret() -> None:
+    port = free_port()
+    env = {"APEX_CLIENT_SECRET": "very-secret-value"}
+    with cli_emulator("--port", str(port), env=env) as (_, process):
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(7)]
+    text = "".join(lines)
+    assert f"APEX_DATAVERSE_URL=http://127.0.0.1:{port}" in text
+    assert f"APEX_AUTHORITY_HOST=http://127.0.0.1:{port}" in text
+    assert "very-secret-value" not in text
+
+
+def test_cli_tls_prints_the_ca_file() -> None:
+    port = free_port()
+    with cli_emulator("--port", str(port), "--tls", "--json") as (info, _):
+        ca_file = info["APEX_CA_BUNDLE"]
+        assert Path(ca_file).is_file()
+        response = httpx.get(
+            f"https://127.0.0.1:{port}/_emulator/stats",
+            verify=ssl.create_default_context(cafile=ca_file),
+            timeout=10,
+        )
+        assert response.status_code == 200
+
+
+def test_cli_port_in_use_is_one_line_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "apex_metrics", "emulator", "--port", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"error: port {port} on 127.0.0.1 is already in use (pick another with --port)"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_sqlite_file_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "emulator.db"
+    config = EmulatorConfig(key_activation_delay_seconds=0, db_path=db)
+    with running_emulator(config) as emu, api_client(emu) as client:
+        create_metrics_table(client)
+        client.patch(f"{SET}(apex_runid='kept')", json={"apex_tokensin": 42})
+    with running_emulator(config) as emu, api_client(emu) as again:
+        row = again.get(f"{SET}(apex_runid='kept')")
+        assert row.status_code == 200
+        assert row.json()["apex_tokensin"] == 42
+        again.patch(f"{SET}(apex_runid='next')", json={})
+        versions = [r["versionnumber"] for r in again.get(SET).json()["value"]]
+        assert len(set(versions)) == 2  # the version counter went on from where it was
+        keys = again.get("EntityDefinitions(LogicalName='apex_campaignmetrics')/Keys").json()
+        assert keys["value"][0]["EntityKeyIndexStatus"] == "Active"

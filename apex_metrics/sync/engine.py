@@ -142,7 +142,7 @@ class Engine:
             "sync started: %d worker(s)%s",
             n,
             " (drain once)" if self.config.worker.once else "",
-            extra={"event": "started", "workers": n, "process": self.id},
+            extra={"event": "started", "workers": n, "process_id": self.id},
         )
         try:
             await self._wait_workers(tasks)
@@ -151,7 +151,7 @@ class Engine:
             for t in side:
                 t.cancel()
             await asyncio.gather(*side, return_exceptions=True)
-        log.info("sync stopped", extra={"event": "stopped", **self.stats.as_dict()})
+        log.info("sync stopped", extra={"event": "stopped", "stats": self.stats.as_dict()})
 
     async def _wait_workers(self, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for every worker; the first one to fail stops the others, then re-raises."""

@@ -218,12 +218,14 @@ class Worker:
             extra={
                 "event": "batch",
                 "worker": self.name,
-                "claimed": len(rows),
-                "created": summary.created,
-                "updated": summary.updated,
-                "failed": summary.failed,
-                "dead": settled.dead,
-                "requeued": settled.requeued,
+                "counts": {
+                    "claimed": len(rows),
+                    "created": summary.created,
+                    "updated": summary.updated,
+                    "failed": summary.failed,
+                    "dead": settled.dead,
+                    "requeued": settled.requeued,
+                },
             },
         )
 

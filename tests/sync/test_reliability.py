@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import os
 import random
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,7 +82,7 @@ async def test_1_faults_5xx_and_429_storms(stack: Stack) -> None:
             await stack.set_faults(storm_seconds=1.2, storm_retry_after=1)
 
     storm_task = asyncio.create_task(storms())
-    config = quick_config(stack, workers=2, once=True, batch_size=50)
+    config = quick_config(stack, workers=2, once=True, batch_size=20)
     stats = await asyncio.wait_for(run_sync(stack.settings, config, handle_signals=False), 120)
     await storm_task
     await stack.set_faults(error_503_rate=0, error_500_rate=0, storm_seconds=0)
@@ -95,7 +97,14 @@ async def test_1_faults_5xx_and_429_storms(stack: Stack) -> None:
     assert stats.dead_lettered == 0
 
 
-def cli_worker(stack: Stack, *args: str) -> subprocess.Popen[bytes]:
+async def started_sending(url: str, before: int) -> None:
+    while await undelivered(url) == before:
+        await asyncio.sleep(0.05)
+
+
+def cli_worker(
+    stack: Stack, *args: str, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("APEX_")} | {
         "APEX_DATABASE_URL": stack.database_url,
         "APEX_DATAVERSE_URL": stack.emulator.url,
@@ -105,30 +114,37 @@ def cli_worker(stack: Stack, *args: str) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "apex_metrics", "sync", "--poll-interval", "0.2", *args],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )
 
 
-async def test_2_sigkill_workers_again_and_again(stack: Stack) -> None:
-    await insert_rows(stack.database_url, 1500)
+async def test_2_sigkill_workers_again_and_again(stack: Stack, tmp_path: Path) -> None:
+    await insert_rows(stack.database_url, 3000)
     rng = random.Random(11)
     kills = 0
+    progress = []
     for _round in range(4):
-        procs = [cli_worker(stack, "--workers", "2", "--batch-size", "25") for _ in range(2)]
-        await asyncio.sleep(rng.uniform(1.2, 2.2))  # startup, then some batches in flight
-        for p in procs:
-            p.send_signal(signal.SIGKILL)
-            p.wait(10)
-            kills += 1
+        before = await undelivered(stack.database_url)
+        procs = [cli_worker(stack, "--workers", "2", "--batch-size", "10") for _ in range(2)]
+        try:
+            await asyncio.wait_for(started_sending(stack.database_url, before), 30)
+            await asyncio.sleep(rng.uniform(0.05, 0.4))  # then some batches in flight
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGKILL)
+                p.wait(10)
+                kills += 1
+        progress.append(before - await undelivered(stack.database_url))
     left_after_kills = await undelivered(stack.database_url)
-    final = cli_worker(stack, "--workers", "2")
-    try:
-        await wait_drained(stack.database_url, 120)
-    finally:
-        final.send_signal(signal.SIGTERM)  # graceful: finishes the batch, releases leases
-        code = final.wait(20)
-        stderr = final.stderr.read().decode() if final.stderr else ""
-    assert code == 0, stderr
+    log = tmp_path / "final.log"
+    with log.open("wb") as sink:
+        final = cli_worker(stack, "--workers", "2", stderr=sink)
+        try:
+            await wait_drained(stack.database_url, 60)
+        finally:
+            final.send_signal(signal.SIGTERM)  # graceful: finishes the batch, releases leases
+            code = final.wait(20)
+    assert code == 0, log.read_text()
     leased = await execute(
         stack.database_url,
         "SELECT count(*) FROM campaign_metrics WHERE sync_lease_owner IS NOT NULL",
@@ -137,6 +153,7 @@ async def test_2_sigkill_workers_again_and_again(stack: Stack) -> None:
         "2 sigkill",
         await verdict(stack.database_url, stack.client),
         kills=kills,
+        delivered_per_round=progress,
         left_after_kills=left_after_kills,
     )
     assert leased == [(0,)]
@@ -220,7 +237,7 @@ async def test_6_poison_row_dead_lettered_then_retried(
     """The Dataverse column is created too short (8 characters) for one row's phase: that row is
     dead-lettered with the Dataverse code and message, every other row is delivered. The table
     is then recreated to the contract; retry-dead delivers the row, reconcile restores the rest."""
-    import apex_metrics.dataverse.provision as prov
+    prov = importlib.import_module("apex_metrics.dataverse.provision")
 
     await insert_rows(database_url, 500)
     await execute(database_url, "UPDATE campaign_metrics SET phase = 'p1'")

@@ -184,6 +184,7 @@ def load_certificate(path: Path) -> dict[str, str]:
     """MSAL's ``client_credential`` for a PEM file holding the certificate and its private key."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     try:
         pem = path.read_bytes()
@@ -200,6 +201,12 @@ def load_certificate(path: Path) -> dict[str, str]:
             f"APEX_CLIENT_CERTIFICATE {path} is not a PEM certificate plus unencrypted key ({exc})",
             hint="export the certificate and its private key (no password) into one PEM file",
         ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise TokenRequestFailed(
+            f"APEX_CLIENT_CERTIFICATE {path} holds no RSA key; Entra ID app certificates must "
+            "be RSA",
+            hint="create an RSA certificate (2048 bits or more) and upload it to the app",
+        )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -272,6 +279,11 @@ class MsalTokenProvider(_CachingProvider):
             raise _transport_error(exc, self._authority) from None
         except ValueError as exc:
             raise _msal_error(exc, self._authority) from None
+        except Exception as exc:  # MSAL's own failures (bad key, JWT errors): one clear line
+            raise TokenRequestFailed(
+                f"MSAL could not request a token from {self._authority}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         return _token_from_answer(result, None, self._authority)
 
     def _acquire(self) -> dict[str, Any]:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import urllib.parse
 from pathlib import Path
 
 import httpx
 import pytest
+import requests
+import requests.adapters
 import trustme
 
 from apex_metrics.dataverse import errors as e
@@ -149,11 +154,15 @@ def test_requests_session_ignores_environment_and_verifies(
 
 
 def test_certificate_credential_from_pem(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("apex-client")
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert("apex-client", key_type=trustme.KeyType.RSA)
     pem = tmp_path / "client.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
     credential = load_certificate(pem)
+    ec = tmp_path / "ec.pem"
+    trustme.CA().issue_cert("ec-client").private_key_and_cert_chain_pem.write_to_path(str(ec))
+    with pytest.raises(e.TokenRequestFailed, match="RSA"):
+        load_certificate(ec)
     assert credential["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
     assert len(credential["thumbprint"]) == 40
     bad = tmp_path / "bad.pem"
@@ -162,3 +171,57 @@ def test_certificate_credential_from_pem(tmp_path: Path) -> None:
         load_certificate(bad)
     with pytest.raises(e.TokenRequestFailed):
         load_certificate(tmp_path / "missing.pem")
+
+
+class _FakeAuthority(requests.adapters.HTTPAdapter):
+    """Answers MSAL's discovery GET and token POST without a network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict[str, str]] = []
+
+    def send(self, request, **kwargs):  # type: ignore[no-untyped-def,override]
+        base = "https://login.example.test/t1"
+        if request.method == "GET":
+            data = {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "issuer": f"{base}/v2.0",
+            }
+        else:
+            self.forms.append(dict(urllib.parse.parse_qsl(request.body)))
+            data = {"token_type": "Bearer", "expires_in": 3599, "access_token": "cert-token"}
+        response = requests.Response()
+        response.status_code = 200
+        response._content = json.dumps(data).encode()
+        response.headers["Content-Type"] = "application/json"
+        response.url = request.url
+        response.request = request
+        return response
+
+
+async def test_msal_certificate_credential_sends_a_signed_assertion(tmp_path: Path) -> None:
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert("apex-client", key_type=trustme.KeyType.RSA)
+    pem = tmp_path / "client.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    tokens = MsalTokenProvider(
+        authority_host="https://login.example.test",
+        tenant_id="t1",
+        client_id="c1",
+        environment_url="https://org.example.test",
+        certificate=pem,
+    )
+    fake = _FakeAuthority()
+    tokens._session.mount("https://", fake)
+    try:
+        assert await tokens.token() == "cert-token"
+    finally:
+        tokens.close()
+    (form,) = fake.forms
+    assert "client_secret" not in form
+    assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    assert form["scope"] == "https://org.example.test/.default"
+    header = json.loads(base64.urlsafe_b64decode(form["client_assertion"].split(".")[0] + "=="))
+    thumbprint = load_certificate(pem)["thumbprint"]
+    assert base64.urlsafe_b64decode(header["x5t"] + "==").hex() == thumbprint

@@ -137,8 +137,9 @@ class Recorder:
     async def open(self) -> None:
         if self._pool is None:
             self._url = database_url(self._url)
-            self._pool_cm = open_pool(self._url, min_size=1, max_size=self._max)
-            self._pool = await self._pool_cm.__aenter__()
+            pool_cm = open_pool(self._url, min_size=1, max_size=self._max)
+            self._pool = await pool_cm.__aenter__()
+            self._pool_cm = pool_cm
 
     async def close(self) -> None:
         if self._pool_cm is not None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apex_metrics.exceptions import MetricValidationError, SchemaNotMigrated
+from apex_metrics.exceptions import ApexMetricsError, MetricValidationError, SchemaNotMigrated
 from apex_metrics.recorder import (
     P95,
     Recorder,
@@ -207,3 +207,12 @@ async def test_sync_facade_works_inside_a_running_loop(database_url: str) -> Non
 
     assert await asyncio.to_thread(in_thread)
     assert record({**RUN, "run_id": "from-loop"}, url=database_url).inserted
+
+
+def test_sync_facade_failing_to_open_cleans_up(empty_database_url: str) -> None:
+    recorder = SyncRecorder(empty_database_url)
+    with pytest.raises(SchemaNotMigrated):
+        recorder.open()
+    recorder.close()  # nothing left to close; must not raise
+    with pytest.raises(ApexMetricsError, match="not open"):
+        recorder.record(RUN)

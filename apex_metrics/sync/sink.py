@@ -20,7 +20,7 @@ class Outcome(Protocol):
     @property
     def status(self) -> int: ...
     @property
-    def outcome(self) -> str: ...  # "created" | "updated" | "failed"
+    def outcome(self) -> str: ...  # "created" | "updated" | "upserted" | "failed"
     @property
     def code(self) -> str | None: ...
     @property

@@ -243,7 +243,7 @@ class Worker:
                 failures.append(
                     Failure(r["id"], r["version"], d.dead, d.delay, True, "", "no answer for row")
                 )
-            elif o.outcome in ("created", "updated"):
+            elif o.outcome != "failed":  # created, updated, or upserted (204: either)
                 delivered.append((r["id"], r["version"]))
                 if o.outcome == "created":
                     summary.created += 1

@@ -100,6 +100,8 @@ class WebApi:
             return self._whoami(request)
         if name == "EntityDefinitions":
             return self.metadata.handle(request, segments)
+        if name in ("PublishXml", "PublishAllXml") and method == "POST" and len(segments) == 1:
+            return ApiResponse.empty(204)  # definitions take effect at once in the emulator
         if name == "CreateEntities" and method == "POST" and len(segments) == 1:
             return self.metadata.create_entities(request)
         if name == "audits":

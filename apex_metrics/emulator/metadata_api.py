@@ -32,7 +32,9 @@ from apex_metrics.emulator.metadata import (
 from apex_metrics.emulator.query import parse_filter
 from apex_metrics.emulator.store import Store
 
-RESERVED_SETS = {"entitydefinitions", "whoami", "audits", "createentities", "$batch", "$metadata"}
+RESERVED_SETS = {
+    "entitydefinitions", "whoami", "audits", "createentities", "publishxml", "publishallxml",
+}  # fmt: skip
 _KEY_TYPES = {"String", "Integer", "Decimal", "DateTime", "BigInt"}
 _SEGMENT = re.compile(r"^([A-Za-z][A-Za-z0-9_.]*)(?:\((.*)\))?$", re.DOTALL)
 _GUID = re.compile(r"^[0-9a-fA-F-]{36}$")

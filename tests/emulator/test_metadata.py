@@ -193,6 +193,12 @@ def test_key_rules(client: httpx.Client, table: str) -> None:
     assert undefined.json()["error"]["code"] == "0x80060890"
 
 
+def test_publish_is_accepted(client: httpx.Client, table: str) -> None:
+    xml = f"<importexportxml><entities><entity>{TABLE}</entity></entities></importexportxml>"
+    assert client.post("PublishXml", json={"ParameterXml": xml}).status_code == 204
+    assert client.post("PublishAllXml").status_code == 204
+
+
 def test_sdk_create_entities_action(client: httpx.Client) -> None:
     body = {
         "Entities": [

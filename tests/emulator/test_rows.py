@@ -205,3 +205,16 @@ def test_audit_history_is_readable(client: httpx.Client, table: str) -> None:
     assert {"logicalName": "apex_tokensin", "oldValue": 1, "newValue": 2} in update
     deleted = json.loads(entries[2]["changedata"])["changedAttributes"]
     assert {"logicalName": "apex_tokensin", "oldValue": 2, "newValue": None} in deleted
+
+
+def test_upsert_by_id_creates_with_that_id(client: httpx.Client, table: str) -> None:
+    row_id = "3f2b4c1a-0000-4000-8000-00000000abcd"
+    created = client.patch(f"{SET}({row_id})", json={"apex_runid": "by-id"})
+    assert created.status_code == 204
+    assert created.headers["OData-EntityId"].endswith(f"{SET}({row_id})")
+    updated = client.patch(
+        f"{SET}({row_id})", json={"apex_tokensin": 3}, headers={"Prefer": "return=representation"}
+    )
+    assert updated.status_code == 200
+    assert updated.json()["apex_campaignmetricsid"] == row_id
+    assert client.get(f"{SET}(apex_runid='by-id')").json()["apex_tokensin"] == 3

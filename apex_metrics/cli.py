@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -204,6 +205,130 @@ def import_runs(
 
 
 # --- emulator -----------------------------------------------------------------------------------
+
+
+def _rate(name: str, help_text: str) -> Any:
+    return typer.Option(name, min=0.0, max=1.0, help=help_text)
+
+
+@app.command("emulator")
+def emulator_command(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+    db: Annotated[
+        Path | None,
+        typer.Option("--db", help="SQLite file (kept across restarts); default: in memory."),
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Serve https with a throw-away test CA (path printed).")
+    ] = False,
+    tenant_id: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant-id",
+            envvar="APEX_TENANT_ID",
+            show_envvar=True,
+            help="Tenant accepted (default: apex-local-tenant).",
+        ),
+    ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-id",
+            envvar="APEX_CLIENT_ID",
+            show_envvar=True,
+            help="Client id accepted (default: apex-local-client).",
+        ),
+    ] = None,
+    client_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--client-secret",
+            envvar="APEX_CLIENT_SECRET",
+            show_envvar=True,
+            show_default=False,
+            help="Client secret accepted (default: apex-local-secret).",
+        ),
+    ] = None,
+    token_lifetime: Annotated[
+        int, typer.Option("--token-lifetime", min=1, help="Access-token lifetime in seconds.")
+    ] = 3599,
+    key_activation_delay: Annotated[
+        float,
+        typer.Option(
+            "--key-activation-delay",
+            min=0.0,
+            help="Seconds an alternate key stays Pending before it is Active.",
+        ),
+    ] = 2.0,
+    requests_per_window: Annotated[
+        int, typer.Option("--requests-per-window", min=1, help="Requests per 300 s per caller.")
+    ] = 6000,
+    concurrent_requests: Annotated[
+        int, typer.Option("--concurrent-requests", min=1, help="Concurrent requests per caller.")
+    ] = 52,
+    fault_seed: Annotated[int, typer.Option("--fault-seed", help="Seed of fault injection.")] = 0,
+    fail_500: Annotated[float, _rate("--fail-500", "Probability of a 500 answer.")] = 0.0,
+    fail_503: Annotated[float, _rate("--fail-503", "Probability of a 503 answer.")] = 0.0,
+    throttle_rate: Annotated[float, _rate("--throttle-rate", "Probability of a 429.")] = 0.0,
+    drop_rate: Annotated[
+        float, _rate("--drop-rate", "Probability of doing the work, then dropping the connection.")
+    ] = 0.0,
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0.0, help="Latency added to each request.")
+    ] = 0.0,
+    latency_jitter_ms: Annotated[
+        float, typer.Option("--latency-jitter-ms", min=0.0, help="Plus random 0..jitter ms.")
+    ] = 0.0,
+    storm_seconds: Annotated[
+        float, typer.Option("--storm-seconds", min=0.0, help="Answer 429 to everything at first.")
+    ] = 0.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the startup information as JSON.")
+    ] = False,
+) -> None:
+    """Serve the local Dataverse Web API emulator (also the token authority) until Ctrl-C."""
+    import asyncio
+
+    from apex_metrics.emulator import EmulatorConfig, FaultSettings, ServiceLimits
+    from apex_metrics.emulator import config as emulator_defaults
+    from apex_metrics.emulator.serve import StartupInfo, serve
+    from apex_metrics.settings import get_settings
+
+    settings = get_settings()
+    secret = client_secret
+    if secret is None and settings.client_secret is not None:
+        secret = settings.client_secret.get_secret_value()
+    config = EmulatorConfig(
+        tenant_id=tenant_id or settings.tenant_id or emulator_defaults.DEFAULT_TENANT_ID,
+        client_id=client_id or settings.client_id or emulator_defaults.DEFAULT_CLIENT_ID,
+        client_secret=secret or emulator_defaults.DEFAULT_CLIENT_SECRET,
+        token_lifetime_seconds=token_lifetime,
+        key_activation_delay_seconds=key_activation_delay,
+        limits=ServiceLimits(
+            requests_per_window=requests_per_window, concurrent_requests=concurrent_requests
+        ),
+        faults=FaultSettings(
+            seed=fault_seed, error_500_rate=fail_500, error_503_rate=fail_503,
+            throttle_rate=throttle_rate, drop_rate=drop_rate, latency_ms=latency_ms,
+            latency_jitter_ms=latency_jitter_ms, storm_seconds=storm_seconds,
+        ),
+        db_path=db,
+    )  # fmt: skip
+
+    def announce(info: StartupInfo) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(info.to_dict()) + "\n")
+            sys.stdout.flush()
+        else:
+            for line in info.lines():
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        asyncio.run(serve(config, host, port, tls=tls, announce=announce))
+    except KeyboardInterrupt:
+        pass
+
 
 # --- dataverse: provision, whoami ---------------------------------------------------------------
 

@@ -156,10 +156,18 @@ async def connect(url: str | None = None, *, autocommit: bool = False) -> AsyncC
 
 @asynccontextmanager
 async def open_pool(
-    url: str | None = None, *, min_size: int = 1, max_size: int = 10, check_schema: bool = True
+    url: str | None = None,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    check_schema: bool = True,
+    check_connections: bool = True,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
     """An open pool for the block's duration. One trial connection first, so that a bad URL or a
-    missing schema fails with one clear line instead of a pool timeout."""
+    missing schema fails with one clear line instead of a pool timeout.
+
+    ``check_connections`` pings each connection as it leaves the pool (one extra round trip);
+    callers that retry on a broken connection themselves (the recorder) turn it off."""
     url = database_url(url)
     async with await connect(url) as conn:
         if check_schema:
@@ -173,7 +181,7 @@ async def open_pool(
         max_size=max_size,
         kwargs=kwargs,
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check_connections else None,
         name="apex-metrics",
     )
     try:

@@ -137,7 +137,7 @@ class Recorder:
     async def open(self) -> None:
         if self._pool is None:
             self._url = database_url(self._url)
-            pool_cm = open_pool(self._url, min_size=1, max_size=self._max)
+            pool_cm = open_pool(self._url, min_size=1, max_size=self._max, check_connections=False)
             self._pool = await pool_cm.__aenter__()
             self._pool_cm = pool_cm
 
@@ -163,15 +163,26 @@ class Recorder:
 
     async def record(self, item: MetricInput) -> RecordResult:
         """Insert the run, or update it by run_id; either way it becomes pending."""
-        metric = to_metric(item)
-        try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(Q["upsert_metric"], metric_params(metric))
-                row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise wrap_query_error(exc, describe(self._url or "")) from exc
-        assert row is not None
-        return RecordResult(id=int(row[0]), version=int(row[1]), inserted=bool(row[2]))
+        params = metric_params(to_metric(item))
+        # A pooled connection may have died while idle (server restart, idle timeout): such a
+        # failure is retried on another connection. Re-running the upsert is harmless.
+        for attempt in range(self._max + 1):
+            broken = False
+            try:
+                async with self.pool.connection() as conn:
+                    try:
+                        cur = await conn.execute(Q["upsert_metric"], params)
+                        row = await cur.fetchone()
+                    except psycopg.OperationalError:
+                        broken = conn.broken
+                        raise
+                assert row is not None
+                return RecordResult(id=int(row[0]), version=int(row[1]), inserted=bool(row[2]))
+            except psycopg.Error as exc:
+                if broken and attempt < self._max:
+                    continue
+                raise wrap_query_error(exc, describe(self._url or "")) from exc
+        raise AssertionError("unreachable")
 
     async def record_many(self, items: Iterable[MetricInput]) -> BulkResult:
         """Validate every item, then write them all through COPY in one transaction."""

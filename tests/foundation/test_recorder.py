@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg import conninfo
 
 from apex_metrics.exceptions import ApexMetricsError, MetricValidationError, SchemaNotMigrated
 from apex_metrics.recorder import (
@@ -216,3 +217,19 @@ def test_sync_facade_failing_to_open_cleans_up(empty_database_url: str) -> None:
     recorder.close()  # nothing left to close; must not raise
     with pytest.raises(ApexMetricsError, match="not open"):
         recorder.record(RUN)
+
+
+async def test_record_survives_connections_killed_while_idle(
+    database_url: str, admin_url: str
+) -> None:
+    dbname = conninfo.conninfo_to_dict(database_url)["dbname"]
+    async with Recorder(database_url, max_connections=2) as rec:
+        await rec.record(RUN)
+        killed = execute(
+            admin_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (dbname,),
+        )
+        assert killed and all(ok for (ok,) in killed)
+        again = await rec.record(RUN)
+    assert again.version == 2

@@ -27,6 +27,7 @@ from apex_metrics.emulator.store import Store
 
 log = logging.getLogger("apex_metrics.emulator")
 API_PREFIX = "/api/data/v9.2"
+MAX_BODY_BYTES = 128 * 1024 * 1024
 
 
 class _DropFilter(logging.Filter):
@@ -128,6 +129,10 @@ class Emulator:
         except ApiError as exc:
             self.stats.counters["throttled"] += 1
             return ApiResponse.error(exc)
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            self.limiter.leave(caller.client_id, 0.0)
+            return ApiResponse.error(ApiError(413, "", "The request payload is too large."))
         started = time.perf_counter()
         try:
             body = await request.body()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 
 import httpx
 import pytest
 
+from apex_metrics.testing import RunningEmulator
 from tests.emulator.conftest import SET
 
 
@@ -218,3 +220,20 @@ def test_upsert_by_id_creates_with_that_id(client: httpx.Client, table: str) -> 
     assert updated.status_code == 200
     assert updated.json()["apex_campaignmetricsid"] == row_id
     assert client.get(f"{SET}(apex_runid='by-id')").json()["apex_tokensin"] == 3
+
+
+def test_oversized_payload_is_413(emulator: RunningEmulator, client: httpx.Client) -> None:
+    host, port = emulator.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.putrequest("POST", "/api/data/v9.2/$batch")
+        connection.putheader("Authorization", client.headers["Authorization"])
+        connection.putheader("Content-Length", str(10**12))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413
+        assert (
+            json.loads(response.read())["error"]["message"] == "The request payload is too large."
+        )
+    finally:
+        connection.close()

@@ -96,11 +96,3 @@ WITH written AS (
     RETURNING (xmax = 0) AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written;
-
--- name: count_metrics
-SELECT count(*) FROM campaign_metrics;
-
--- name: get_metric
-SELECT campaign_id, run_id, phase, agents_total, agents_successful, assets_generated, tokens_in,
-       tokens_out, cost_usd, latency_p95_ms, latency_avg_ms, success_rate, created_at
-FROM campaign_metrics WHERE run_id = %(run_id)s;

@@ -20,7 +20,7 @@ from apex_metrics.emulator.api import WebApi
 from apex_metrics.emulator.auth import Authority, TokenError, openid_configuration
 from apex_metrics.emulator.config import EmulatorConfig
 from apex_metrics.emulator.errors import ApiError
-from apex_metrics.emulator.faults import DropConnection, FaultInjector, Stats
+from apex_metrics.emulator.faults import Decision, DropConnection, FaultInjector, Stats
 from apex_metrics.emulator.limits import Limiter
 from apex_metrics.emulator.messages import JSON_TYPE, ApiRequest, ApiResponse, dumps
 from apex_metrics.emulator.store import Store
@@ -103,9 +103,7 @@ class Emulator:
         base = self.base(request)
         path = request.url.path[len(API_PREFIX) :]
         decision = self.faults.decide()
-        if decision.delay:
-            await asyncio.sleep(decision.delay)
-        response = await self._answer(request, base, path, decision.error)
+        response = await self._answer(request, base, path, decision)
         seconds = time.perf_counter() - started
         kind = "batch" if path.strip("/") == "$batch" else "api"
         self.stats.record(request.method, request.url.path, response.status, seconds, kind)
@@ -115,13 +113,16 @@ class Emulator:
         return Response(response.body, response.status, response.headers)
 
     async def _answer(
-        self, request: Request, base: str, path: str, fault: ApiError | None
+        self, request: Request, base: str, path: str, decision: Decision
     ) -> ApiResponse:
         try:
             caller = self.authority.check(request.headers.get("authorization"), base)
         except ApiError as exc:
             return ApiResponse.error(exc)
+        fault = decision.error
         if fault is not None:
+            if decision.delay:
+                await asyncio.sleep(decision.delay)
             self.stats.counters[f"faults.{fault.status}"] += 1
             return ApiResponse.error(fault)
         try:
@@ -135,6 +136,8 @@ class Emulator:
             return ApiResponse.error(ApiError(413, "", "The request payload is too large."))
         started = time.perf_counter()
         try:
+            if decision.delay:  # added latency counts as time in flight (concurrency limit)
+                await asyncio.sleep(decision.delay)
             body = await request.body()
             headers = {k.lower(): v for k, v in request.headers.items()}
             query = _query_pairs(request.url.query)

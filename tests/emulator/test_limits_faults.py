@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from apex_metrics.emulator import EmulatorConfig, FaultSettings, ServiceLimits
 from apex_metrics.emulator.limits import Limiter
 from apex_metrics.testing import RunningEmulator, running_emulator
-from tests.emulator.conftest import api_client
+from tests.emulator.conftest import api_client, get_token
 
 
 def test_limiter_counts_requests_in_a_sliding_window() -> None:
@@ -139,3 +141,19 @@ def test_faults_from_the_config() -> None:
         assert response.headers["Retry-After"] == "1"
     with pytest.raises(ValueError, match="throttle_rate"):
         FaultSettings(throttle_rate=1.5)
+
+
+async def test_concurrent_requests_over_the_limit_get_429() -> None:
+    config = EmulatorConfig(
+        limits=ServiceLimits(concurrent_requests=2), faults=FaultSettings(latency_ms=300)
+    )
+    with running_emulator(config) as emu:
+        token = get_token(emu)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=emu.api + "/", headers=headers, timeout=10) as client:
+            answers = await asyncio.gather(*(client.get("WhoAmI") for _ in range(5)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 200, 429, 429, 429]
+    busy = next(a for a in answers if a.status_code == 429)
+    assert busy.json()["error"]["code"] == "0x80072326"
+    assert busy.headers["Retry-After"] == "1"

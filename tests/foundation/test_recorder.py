@@ -233,3 +233,17 @@ async def test_record_survives_connections_killed_while_idle(
         assert killed and all(ok for (ok,) in killed)
         again = await rec.record(RUN)
     assert again.version == 2
+
+
+async def test_bookkeeping_updates_send_no_notify(database_url: str) -> None:
+    async with Recorder(database_url) as rec:
+        result = await rec.record(RUN)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
+        await listener.execute("LISTEN apex_metrics_pending")
+        execute(database_url, "UPDATE campaign_metrics SET exported_version = version")
+        execute(database_url, "UPDATE campaign_metrics SET phase = 'changed'")
+        payloads = [
+            json.loads(note.payload) async for note in listener.notifies(timeout=5, stop_after=1)
+        ]
+        more = [note async for note in listener.notifies(timeout=0.3)]
+    assert payloads == [{"ids": [result.id]}] and more == []

@@ -21,6 +21,14 @@ import httpx
 
 from apex_metrics.dataverse import aggregate as agg
 from apex_metrics.dataverse.auth import TokenProvider
+from apex_metrics.dataverse.batching import (
+    Outcome,
+    UpsertOutcome,
+    decode_upserts,
+    encode_upserts,
+    outcome_of,
+    without_keys,
+)
 from apex_metrics.dataverse.errors import (
     AggregateLimitExceeded,
     DataverseError,
@@ -28,26 +36,17 @@ from apex_metrics.dataverse.errors import (
     NotFound,
     Throttled,
     TokenRejected,
-    error_for_status,
     error_from_response,
     error_from_transport,
-    parse_error_body,
     parse_retry_after,
 )
 from apex_metrics.dataverse.flow import FlowControl, RetryPolicy
-from apex_metrics.dataverse.multipart import (
-    BatchPart,
-    MultipartError,
-    decode_batch_response,
-    encode_batch_request,
-    flatten_responses,
-)
 from apex_metrics.dataverse.urls import API_PATH, check_url, key_path, same_origin
 
 log = logging.getLogger(__name__)
+__all__ = ["DataverseClient", "Outcome", "UpsertMode", "UpsertOutcome", "WhoAmI"]
 
 UpsertMode = Literal["upsert", "create", "update"]
-Outcome = Literal["created", "updated", "failed"]
 MAX_BATCH = 1000
 MAX_PAGE_SIZE = 5000
 ODATA_HEADERS = {
@@ -57,27 +56,6 @@ ODATA_HEADERS = {
 }
 # Errors that say nothing was executed: safe to re-send any request after them.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-@dataclass(frozen=True, slots=True)
-class UpsertOutcome:
-    """What happened to one row of an upsert.
-
-    ``created`` comes from a 201; ``updated`` from a 200, and also from a bare 204 (a server that
-    ignored ``Prefer: return=representation`` does not say which it did; either way the row now
-    holds the values sent).
-    """
-
-    key: str
-    status: int
-    outcome: Outcome
-    code: str = ""
-    message: str = ""
-    transient: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome != "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +188,9 @@ class DataverseClient:
             ):
                 self.flow.stats.retries += 1
                 # A 503 may say how long to wait; never less than that (within max_wait).
-                wait = max(self.retry.backoff(attempt, self._rng), min(server_wait, 60.0))
+                wait = max(
+                    self.retry.backoff(attempt, self._rng), min(server_wait, self.retry.max_wait)
+                )
                 log.info("%s failed (%s); retry %d in %.2f s", what, error.message, attempt, wait)
                 await self.flow.backoff(wait)
                 continue
@@ -228,8 +208,17 @@ class DataverseClient:
             self.flow.hint(self.dop_hint)
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET and parse the JSON answer."""
         response = await self.request("GET", path, params=params)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise DataverseError(
+                f"GET {response.url.path}: the answer is not JSON "
+                f"({response.headers.get('Content-Type', 'no Content-Type')})",
+                status=response.status_code,
+                hint="check that APEX_DATAVERSE_URL is the environment URL, not a portal page",
+            ) from None
 
     # -- operations --------------------------------------------------------------------------
 
@@ -272,11 +261,11 @@ class DataverseClient:
             "PATCH",
             path,
             params={"$select": next(iter(key))},
-            json_body=_without_keys(body, key),
+            json_body=without_keys(body, key),
             headers=headers,
             idempotent=mode != "create",
         )
-        return UpsertOutcome(_key_text(key), response.status_code, _outcome(response.status_code))
+        return UpsertOutcome(_key_text(key), response.status_code, outcome_of(response.status_code))
 
     async def get_by_key(
         self,
@@ -329,7 +318,10 @@ class DataverseClient:
                 "GET", url, params=params if first else None, headers=headers
             )
             first = False
-            data = response.json()
+            try:
+                data = response.json()
+            except ValueError:
+                raise DataverseError(f"{entity_set}: a page of the answer is not JSON") from None
             for row in data.get("value", []):
                 yield row
             url = data.get("@odata.nextLink")
@@ -404,24 +396,7 @@ class DataverseClient:
     ) -> list[UpsertOutcome]:
         if not items:
             return []
-        parts = []
-        for key_value, body in items:
-            path = key_path(entity_set, {key_column: key_value})
-            payload = json.dumps(
-                _without_keys(body, {key_column: key_value}), separators=(",", ":")
-            ).encode()
-            parts.append(
-                BatchPart(
-                    "PATCH",
-                    f"{self.api_url}{path}?$select={key_column}",
-                    {
-                        "Content-Type": "application/json; type=entry",
-                        "Prefer": "return=representation",
-                    },
-                    payload,
-                )
-            )
-        content, content_type = encode_batch_request(parts)
+        content, content_type = encode_upserts(self.api_url, entity_set, key_column, items)
         response = await self.request(
             "POST",
             "$batch",
@@ -430,53 +405,7 @@ class DataverseClient:
             idempotent=True,  # every part is a PATCH upsert: re-sending converges
             what=f"$batch of {len(items)} upserts to {entity_set}",
         )
-        try:
-            answers = flatten_responses(
-                decode_batch_response(response.content, response.headers.get("Content-Type"))
-            )
-        except MultipartError as exc:
-            raise DataverseError(f"$batch answer could not be read: {exc}") from exc
-        if len(answers) != len(items):
-            message = f"$batch answered {len(answers)} responses for {len(items)} requests"
-            return [
-                UpsertOutcome(k, response.status_code, "failed", "", message, True)
-                for k, _ in items
-            ]
-        outcomes = []
-        for (key_value, _body), answer in zip(items, answers, strict=True):
-            if answer.ok:
-                outcomes.append(UpsertOutcome(key_value, answer.status, _outcome(answer.status)))
-                continue
-            code, message = parse_error_body(answer.body)
-            error = error_for_status(
-                answer.status,
-                code,
-                message,
-                what=f"{key_column}={key_value}",
-                retry_after=answer.header("Retry-After"),
-            )
-            outcomes.append(
-                UpsertOutcome(
-                    key_value,
-                    answer.status,
-                    "failed",
-                    code,
-                    message or error.message,
-                    error.transient,
-                )
-            )
-        return outcomes
-
-
-def _outcome(status: int) -> Outcome:
-    if status == 201:
-        return "created"
-    return "updated"
-
-
-def _without_keys(body: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:
-    """The body without key columns: Dataverse strips or mismatches them (use-upsert page)."""
-    return {k: v for k, v in body.items() if k not in key}
+        return decode_upserts(response, key_column, items)
 
 
 def _key_text(key: Mapping[str, str]) -> str:

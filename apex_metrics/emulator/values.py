@@ -109,7 +109,28 @@ def parse_guid(value: Any, attr: Attribute | None = None) -> str:
         ) from None
 
 
+def _places(text: str) -> int | None:
+    """Decimal places of a plain float repr such as ``1.25``; None when not plain."""
+    if "e" in text or "E" in text or "n" in text:
+        return None
+    dot = text.find(".")
+    if dot < 0:
+        return 0
+    return 0 if text.endswith(".0") else len(text) - dot - 1
+
+
 def _number(attr: Attribute, entity: str, value: Any) -> float:
+    if type(value) is float and attr.min_value is not None and attr.max_value is not None:
+        places = _places(repr(value))  # fast path for the common case: a plain float
+        if places is not None:
+            if not attr.min_value <= value <= attr.max_value:
+                raise _range_error(attr, entity, value)
+            if attr.precision is not None and places > attr.precision:
+                raise validation(
+                    f"The value {value} of '{attr.logical_name}' on record of type '{entity}'"
+                    f" has more than {attr.precision} decimal places (Precision {attr.precision})."
+                )
+            return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _type_error(attr, value, "Edm.Decimal")
     try:

@@ -19,7 +19,6 @@ from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.flow import FlowControl
 from apex_metrics.dataverse.provision import provision
 from apex_metrics.emulator import EmulatorConfig
-from apex_metrics.emulator.config import FaultSettings
 from apex_metrics.testing import running_emulator
 
 from .conftest import FAST_RETRY, local_settings
@@ -114,22 +113,21 @@ async def test_msal_over_https_with_test_ca(tls_emulator: Any) -> None:
         assert "APEX_CA_BUNDLE" in (caught.value.hint or "")
 
 
-async def test_throttling_storm_pauses_then_work_completes() -> None:
-    faults = FaultSettings(storm_seconds=1.0, storm_retry_after=1)
-    config = EmulatorConfig(key_activation_delay_seconds=0.0, faults=faults)
-    with running_emulator(config) as server:
-        flow = FlowControl(initial_concurrency=8)
-        async with open_dataverse(
-            local_settings(server.url), retry=FAST_RETRY, flow=flow
-        ) as client:
-            started = time.monotonic()
-            results = await asyncio.wait_for(
-                asyncio.gather(*(client.whoami() for _ in range(20))), timeout=60
-            )
-            assert len(results) == 20
-            assert flow.stats.throttled >= 1
-            assert all(wait == 1.0 for wait in flow.stats.retry_after)
-            assert time.monotonic() - started >= 1.0
+async def test_throttling_storm_pauses_then_work_completes(http_emulator: Any) -> None:
+    flow = FlowControl(initial_concurrency=8)
+    settings = local_settings(http_emulator.url)
+    async with open_dataverse(settings, retry=FAST_RETRY, flow=flow) as client:
+        await client.tokens.token()
+        # From now on, for 1.5 s, every Web API request gets 429 with Retry-After: 1.
+        await set_faults(client, http_emulator, storm_seconds=1.5, storm_retry_after=1)
+        started = time.monotonic()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client.whoami() for _ in range(20))), timeout=60
+        )
+        assert len(results) == 20
+        assert flow.stats.throttled >= 1
+        assert all(wait == 1.0 for wait in flow.stats.retry_after)
+        assert time.monotonic() - started >= 1.0, "the pause lasted Retry-After at least"
 
 
 async def test_5xx_and_dropped_connections_are_retried_to_exactly_once() -> None:
@@ -163,7 +161,7 @@ async def test_post_create_is_not_retried_after_a_dropped_connection() -> None:
 
 
 async def test_msal_token_is_renewed_before_it_expires() -> None:
-    config = EmulatorConfig(token_lifetime_seconds=2)
+    config = EmulatorConfig(token_lifetime_seconds=4)
     with running_emulator(config, tls=True) as server:
         settings = local_settings(server.url, ca_bundle=server.ca_file)
         async with open_dataverse(settings) as client:
@@ -171,6 +169,6 @@ async def test_msal_token_is_renewed_before_it_expires() -> None:
             assert isinstance(tokens, MsalTokenProvider)
             first = await tokens.token()
             assert await tokens.token() == first and tokens.fetches == 1
-            await asyncio.sleep(1.1)  # past half of the 2 s lifetime: renewed before expiry
+            await asyncio.sleep(2.1)  # past half of the 4 s lifetime: renewed before expiry
             await client.whoami()
             assert tokens.fetches == 2

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,7 @@ from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.provision import provision
 from apex_metrics.emulator import EmulatorConfig
 from apex_metrics.settings import Settings
-from apex_metrics.testing import RunningEmulator, running_emulator
+from apex_metrics.testing import RunningEmulator, free_port, running_emulator
 
 ADMIN_URL = os.environ.get("APEX_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -69,11 +73,45 @@ class Bench:
             ).raise_for_status()
 
 
+@contextmanager
+def emulator_process(requests_per_window: int | None = None) -> Iterator[RunningEmulator]:
+    """``apex-metrics emulator`` in its own process (its own core and GIL), on a free port."""
+    command = [sys.executable, "-m", "apex_metrics", "emulator", "--port", str(free_port())]
+    command += ["--key-activation-delay", "0", "--json"]
+    if requests_per_window is not None:
+        command += ["--requests-per-window", str(requests_per_window)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        info = json.loads(process.stdout.readline())
+        deadline = time.monotonic() + 15
+        while True:  # the URL is announced just before uvicorn binds
+            try:
+                httpx.get(f"{info['url']}/_emulator/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield RunningEmulator(info["url"], None, EmulatorConfig())
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 @asynccontextmanager
-async def bench_stack(config: EmulatorConfig | None = None) -> AsyncIterator[Bench]:
+async def bench_stack(
+    config: EmulatorConfig | None = None,
+    *,
+    separate: bool = False,
+    requests_per_window: int | None = None,
+) -> AsyncIterator[Bench]:
+    """A scratch database and a provisioned emulator: in a thread with ``config``, or (with
+    ``separate``) in its own process with the default limits (or ``requests_per_window``)."""
     config = config or EmulatorConfig(key_activation_delay_seconds=0)
     async with scratch_database() as url:
-        with running_emulator(config) as emu:
+        serving = emulator_process(requests_per_window) if separate else running_emulator(config)
+        with serving as emu:
             settings = Settings(  # type: ignore[call-arg]
                 _env_file=None, database_url=url, dataverse_url=emu.url
             )

@@ -23,8 +23,7 @@ SET sync_lease_owner = %(owner)s,
     sync_attempts = CASE WHEN c.sync_attempt_version = c.version
                          THEN c.sync_attempts + 1 ELSE 1 END,
     sync_attempt_version = c.version
-FROM candidates
-WHERE c.id = candidates.id
+WHERE c.id = ANY(ARRAY(SELECT id FROM candidates))
 RETURNING c.id, c.version, c.sync_attempts AS attempts,
     c.campaign_id, c.run_id, c.phase, c.agents_total, c.agents_successful, c.assets_generated,
     c.tokens_in, c.tokens_out, c.cost_usd, c.latency_p95_ms, c.latency_avg_ms, c.success_rate,

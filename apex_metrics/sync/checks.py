@@ -31,6 +31,8 @@ async def insert_rows(url: str, n: int, prefix: str = "run-") -> None:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await conn.execute(INSERT_MANY, {"n": n, "prefix": prefix})
         await conn.commit()
+        await conn.execute("ANALYZE campaign_metrics")  # as a bulk import should (autovacuum lags)
+        await conn.commit()
 
 
 async def execute(url: str, query: str, params: dict[str, Any] | None = None) -> list[Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+from apex_metrics.dataverse.client import DataverseClient, WhoAmI
 from apex_metrics.dataverse.connect import open_dataverse
+from apex_metrics.dataverse.errors import Throttled
 from apex_metrics.dataverse.flow import RetryPolicy as ClientRetry
 from apex_metrics.settings import Settings
 from apex_metrics.sync.engine import Engine, EngineConfig
@@ -58,7 +61,7 @@ async def run_sync(
         metrics.serve(metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
     async with open_dataverse(settings, retry=ENGINE_CLIENT_RETRY) as client:
-        who = await client.whoami()
+        who = await _whoami(client)
         log.info(
             "connected to %s (dop hint %s)",
             who.environment_url,
@@ -75,6 +78,21 @@ async def run_sync(
             f"({keys}{more})"
         )
     return stats
+
+
+async def _whoami(client: DataverseClient, *, max_wait: float = 300.0) -> WhoAmI:
+    """Prove the credentials before claiming anything; wait out throttling meanwhile."""
+    waited = 0.0
+    while True:
+        try:
+            return await client.whoami()
+        except Throttled as exc:
+            if waited >= max_wait:
+                raise
+            pause = max(exc.retry_after, 1.0)
+            log.info("throttled at start: waiting %.0fs", pause, extra={"event": "throttled"})
+            await asyncio.sleep(pause)
+            waited += pause
 
 
 async def run_reconcile(settings: Settings, *, repair: bool) -> ReconcileReport:

@@ -41,7 +41,13 @@ from apex_metrics.dataverse.errors import (
     parse_retry_after,
 )
 from apex_metrics.dataverse.flow import FlowControl, RetryPolicy
-from apex_metrics.dataverse.urls import API_PATH, check_url, key_path, same_origin
+from apex_metrics.dataverse.urls import (
+    API_PATH,
+    check_identifier,
+    check_url,
+    key_path,
+    same_origin,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["DataverseClient", "Outcome", "UpsertMode", "UpsertOutcome", "WhoAmI"]
@@ -394,18 +400,32 @@ class DataverseClient:
         key_column: str,
         items: Sequence[tuple[str, Mapping[str, Any]]],
     ) -> list[UpsertOutcome]:
-        if not items:
-            return []
-        content, content_type = encode_upserts(self.api_url, entity_set, key_column, items)
-        response = await self.request(
-            "POST",
-            "$batch",
-            content=content,
-            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-            idempotent=True,  # every part is a PATCH upsert: re-sending converges
-            what=f"$batch of {len(items)} upserts to {entity_set}",
-        )
-        return decode_upserts(response, key_column, items)
+        check_identifier(entity_set, what="entity set")
+        check_identifier(key_column, what="key column")
+        # A key Dataverse cannot address fails alone; it never blocks the other rows.
+        refused: dict[int, UpsertOutcome] = {}
+        sendable: list[tuple[str, Mapping[str, Any]]] = []
+        for index, (key_value, body) in enumerate(items):
+            try:
+                key_path(entity_set, {key_column: key_value})
+            except ValueError as exc:
+                refused[index] = UpsertOutcome(key_value, 0, "failed", "invalid_key", str(exc))
+            else:
+                sendable.append((key_value, body))
+        answered: list[UpsertOutcome] = []
+        if sendable:
+            content, content_type = encode_upserts(self.api_url, entity_set, key_column, sendable)
+            response = await self.request(
+                "POST",
+                "$batch",
+                content=content,
+                headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+                idempotent=True,  # every part is a PATCH upsert: re-sending converges
+                what=f"$batch of {len(sendable)} upserts to {entity_set}",
+            )
+            answered = decode_upserts(response, key_column, sendable)
+        sent = iter(answered)
+        return [refused[i] if i in refused else next(sent) for i in range(len(items))]
 
 
 def _key_text(key: Mapping[str, str]) -> str:

@@ -183,3 +183,20 @@ async def test_mismatched_answer_count_fails_every_row_transiently(mock_client: 
     outcomes = await mock_client(handler).upsert_many("s", "k", [("a", {}), ("b", {})])
     assert [o.outcome for o in outcomes] == ["failed", "failed"]
     assert all(o.transient for o in outcomes)
+
+
+async def test_a_key_dataverse_cannot_address_fails_alone(mock_client: MakeClient) -> None:
+    sent: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        parts = decode_batch_request(request.content, request.headers["Content-Type"])
+        sent.append(len(parts))
+        body, content_type = encode_batch_response([BatchResponseItem(201) for _ in parts])
+        return httpx.Response(200, content=body, headers={"Content-Type": content_type})
+
+    items = [("a", {}), ("b/c", {}), ("d", {}), ("", {})]
+    outcomes = await mock_client(handler).upsert_many("s", "k", items)
+    assert [o.outcome for o in outcomes] == ["created", "failed", "created", "failed"]
+    assert outcomes[1].code == "invalid_key" and "/" in outcomes[1].message
+    assert not outcomes[1].transient
+    assert sent == [2]

@@ -375,14 +375,18 @@ class RowParser:
             raise ValueError(f"unknown columns: {unknown}")
         self.header = header
         self.index = {name: i for i, name in enumerate(header)}
-        self.now_text = (now or datetime.now(UTC)).isoformat()
+        self.now = now or datetime.now(UTC)  # created_at of rows that leave it blank
+        self.now_text = self.now.isoformat()
 
     def parse(self, row: list[str], line: int | None = None) -> tuple[str, str]:
         """``(run_id, copy line)`` of a row, or ``MetricValidationError`` naming what is wrong."""
         try:
             return self._fast(row)
         except _Slow:
-            metric = parse_metric(dict(zip(self.header, row, strict=True)), line=line)
+            data: dict[str, Any] = dict(zip(self.header, row, strict=True))
+            if _is_blank(data.get("created_at")):
+                data["created_at"] = self.now
+            metric = parse_metric(data, line=line)
             return metric.run_id, copy_text(metric.pg_values())
 
     def _fast(self, row: list[str]) -> tuple[str, str]:

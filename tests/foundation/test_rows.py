@@ -62,7 +62,7 @@ def check(conn: psycopg.Connection[Any], data: dict[str, str]) -> None:
     header = list(data)
     row = [data[k] for k in header]
     reference_data: dict[str, Any] = dict(data)
-    if reference_data.get("created_at", "") == "":
+    if reference_data.get("created_at", "").strip() == "":
         reference_data["created_at"] = NOW
     try:
         expected = parse_metric(reference_data)
@@ -95,6 +95,7 @@ def test_valid_rows_agree(data: dict[str, Any], conn: psycopg.Connection[Any]) -
     value=st.sampled_from(TRICKY) | st.text(max_size=8),
 )
 @example(data={"campaign_id": "c", "run_id": "r"}, field="agents_total", value="3")
+@example(data={"campaign_id": "c", "run_id": "\x80"}, field="created_at", value="")
 def test_tricky_values_agree(
     data: dict[str, Any], field: str, value: str, conn: psycopg.Connection[Any]
 ) -> None:

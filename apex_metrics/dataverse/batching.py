@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import httpx
@@ -50,6 +52,19 @@ class UpsertOutcome:
         return self.outcome != "failed"
 
 
+def json_default(value: Any) -> Any:
+    """JSON for values the standard encoder refuses: Decimal → number, datetime → UTC ISO Z."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":"), default=json_default).encode()
+
+
 def encode_upserts(
     api_url: str, entity_set: str, key_column: str, items: Items
 ) -> tuple[bytes, str]:
@@ -57,9 +72,7 @@ def encode_upserts(
     parts = []
     for key_value, body in items:
         path = key_path(entity_set, {key_column: key_value})
-        payload = json.dumps(
-            without_keys(body, {key_column: key_value}), separators=(",", ":")
-        ).encode()
+        payload = dumps(without_keys(body, {key_column: key_value}))
         parts.append(
             BatchPart(
                 "PATCH",

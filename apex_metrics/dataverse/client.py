@@ -8,7 +8,6 @@ turns failures into :mod:`apex_metrics.dataverse.errors`. Nothing here logs a he
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -25,6 +24,7 @@ from apex_metrics.dataverse.batching import (
     Outcome,
     UpsertOutcome,
     decode_upserts,
+    dumps,
     encode_upserts,
     outcome_of,
     without_keys,
@@ -132,7 +132,7 @@ class DataverseClient:
         if method == "GET":
             send_headers["If-None-Match"] = "null"
         if json_body is not None:
-            content = json.dumps(json_body, separators=(",", ":")).encode()
+            content = dumps(json_body)
             send_headers["Content-Type"] = "application/json"
         send_headers.update(headers or {})
         attempt = throttles = 0

@@ -61,6 +61,20 @@ async def test_standard_headers_token_and_upsert_url(mock_client: MakeClient) ->
     )
 
 
+async def test_decimals_and_datetimes_are_sent_as_dataverse_json(mock_client: MakeClient) -> None:
+    from decimal import Decimal
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    when = datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
+    await mock_client(handler).upsert("s", {"k": "a"}, {"c": Decimal("1.50000"), "t": when})
+    assert json.loads(seen[0].content) == {"c": 1.5, "t": "2026-01-02T03:04:05Z"}
+
+
 async def test_create_and_update_only_modes(mock_client: MakeClient) -> None:
     seen: list[httpx.Request] = []
 

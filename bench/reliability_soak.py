@@ -63,7 +63,7 @@ async def soak_faults(rows: int) -> bool:
 
         task = asyncio.create_task(storms())
         started = time.perf_counter()
-        cfg = engine_config(b.settings, workers=4, once=True, batch_size=200)
+        cfg = engine_config(b.settings, workers=4, once=True, batch_size=50)
         stats = await run_sync(b.settings, cfg, handle_signals=False)
         stop.set()
         await task
@@ -101,19 +101,20 @@ def worker(b: Bench, *args: str) -> subprocess.Popen[bytes]:
 
 
 async def soak_sigkill(rows: int, rounds: int, processes: int) -> bool:
+    # Slow batches (5 rows, 50 ms per request) so that kills land mid-flight all along.
     config = EmulatorConfig(
-        key_activation_delay_seconds=0, faults=FaultSettings(seed=3, latency_ms=20)
+        key_activation_delay_seconds=0, faults=FaultSettings(seed=3, latency_ms=50)
     )
     rng = random.Random(7)
     async with bench_stack(config) as b:
         await insert_rows(b.url, rows)
         kills = 0
-        procs: list[subprocess.Popen[bytes]] = []
+        procs: list[tuple[float, subprocess.Popen[bytes]]] = []
         for _ in range(rounds):
             while len(procs) < processes:
-                procs.append(worker(b, "--workers", "2", "--batch-size", "50"))
-            await asyncio.sleep(rng.uniform(0.5, 3.0))
-            victim = procs.pop(rng.randrange(len(procs)))
+                procs.append((time.monotonic(), worker(b, "--workers", "2", "--batch-size", "5")))
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            _, victim = procs.pop(rng.randrange(len(procs)))
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
             kills += 1
@@ -121,12 +122,14 @@ async def soak_sigkill(rows: int, rounds: int, processes: int) -> bool:
                 break
         left = await undelivered(b.url)
         while len(procs) < processes:
-            procs.append(worker(b, "--workers", "2"))
+            procs.append((time.monotonic(), worker(b, "--workers", "2")))
         deadline = time.monotonic() + 600
         while await undelivered(b.url) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
+        youngest = max(started for started, _ in procs)
+        await asyncio.sleep(max(0.0, youngest + 3 - time.monotonic()))  # handlers installed
         codes = []
-        for p in procs:
+        for _, p in procs:
             p.send_signal(signal.SIGTERM)
             codes.append(p.wait(30))
         leased = (

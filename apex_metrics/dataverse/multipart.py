@@ -165,19 +165,42 @@ def parse_boundary(content_type: str | None) -> str:
 # --- decoding -----------------------------------------------------------------------------------
 
 
+def _delimiter_at(body: bytes, index: int, marker: bytes) -> tuple[int, int, bool] | None:
+    """For ``--boundary`` found at ``index``: (start of its line break, end of the delimiter,
+    closing?) when it is a whole delimiter line, else None."""
+    if index > 0:
+        if body[index - 1] != 0x0A:  # a delimiter starts a line
+            return None
+        line_start = index - 2 if index > 1 and body[index - 2] == 0x0D else index - 1
+    else:
+        line_start = 0
+    end = index + len(marker)
+    closing = body.startswith(b"--", end)
+    after = end + 2 if closing else end
+    while after < len(body) and body[after] in (0x20, 0x09):  # transport padding
+        after += 1
+    if after < len(body) and body[after] != 0x0A and not body.startswith(b"\r\n", after):
+        return None
+    return line_start, after, closing
+
+
 def _split(body: bytes, boundary: str, where: str) -> list[bytes]:
     """The parts between ``--boundary`` lines; the closing ``--boundary--`` is required."""
-    delimiter = re.compile(
-        rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("ascii")) + rb"(--)?[ \t]*(?=\r?\n|\Z)"
-    )
+    marker = b"--" + boundary.encode("ascii")
     parts: list[bytes] = []
     start: int | None = None
-    for match in delimiter.finditer(body):
+    position = 0
+    while (index := body.find(marker, position)) >= 0:
+        found = _delimiter_at(body, index, marker)
+        if found is None:
+            position = index + 1
+            continue
+        line_start, after, closing = found
         if start is not None:
-            parts.append(_strip_line_break(body[start : match.start()]))
-        if match.group(1):
+            parts.append(_strip_line_break(body[start:line_start]))
+        if closing:
             return parts
-        start = match.end()
+        start = position = after
     if start is None:
         raise MultipartError(f"{where}: no --{boundary} delimiter found")
     raise MultipartError(f"{where}: the closing delimiter --{boundary}-- is missing")
@@ -237,21 +260,30 @@ def _message_body(raw: bytes, headers: dict[str, str], where: str) -> bytes:
     return raw.rstrip(b"\r\n")
 
 
+def _open_part(chunk: bytes, where: str) -> tuple[dict[str, str], bytes]:
+    """A MIME part's headers (names in lower case) and its content."""
+    block, content = _head_and_body(chunk)
+    headers = {name.lower(): value for name, value in _parse_headers(block, where).items()}
+    return headers, content
+
+
+def _media_type(part_headers: dict[str, str]) -> str:
+    return part_headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 def _check_http_part(part_headers: dict[str, str], where: str) -> None:
-    content_type = (_header(part_headers, "Content-Type") or "").split(";", 1)[0].strip().lower()
+    content_type = _media_type(part_headers)
     if content_type != "application/http":
         raise MultipartError(
             f"{where}: Content-Type must be application/http"
             f" (or multipart/mixed for a change set), not {content_type or 'missing'!r}"
         )
-    encoding = _header(part_headers, "Content-Transfer-Encoding")
+    encoding = part_headers.get("content-transfer-encoding")
     if encoding is not None and encoding.strip().lower() != "binary":
         raise MultipartError(f"{where}: Content-Transfer-Encoding must be binary, not {encoding!r}")
 
 
-def _decode_request(chunk: bytes, where: str) -> BatchPart:
-    part_block, message = _head_and_body(chunk)
-    part_headers = _parse_headers(part_block, where)
+def _decode_request(part_headers: dict[str, str], message: bytes, where: str) -> BatchPart:
     _check_http_part(part_headers, where)
     head, raw_body = _head_and_body(message)
     lines = _lines(head, where)
@@ -265,13 +297,12 @@ def _decode_request(chunk: bytes, where: str) -> BatchPart:
         raise MultipartError(f"{where}: method {words[0]!r} is not allowed in a batch")
     headers = _header_lines(lines[1:], where)
     body = _message_body(raw_body, headers, where)
-    content_id = _header(part_headers, "Content-ID") or _header(headers, "Content-ID")
+    content_id = part_headers.get("content-id") or _header(headers, "Content-ID")
     return BatchPart(method, words[1], headers, body or None, content_id)
 
 
 def _decode_response(chunk: bytes, where: str) -> BatchResponseItem:
-    part_block, message = _head_and_body(chunk)
-    part_headers = _parse_headers(part_block, where)
+    part_headers, message = _open_part(chunk, where)
     _check_http_part(part_headers, where)
     head, raw_body = _head_and_body(message)
     lines = _lines(head, where)
@@ -281,7 +312,7 @@ def _decode_response(chunk: bytes, where: str) -> BatchResponseItem:
     if len(words) < 2 or not words[0].startswith("HTTP/") or not words[1].isdigit():
         raise MultipartError(f"{where}: malformed status line {lines[0][:80]!r}")
     headers = _header_lines(lines[1:], where)
-    content_id = _header(part_headers, "Content-ID") or _header(headers, "Content-ID")
+    content_id = part_headers.get("content-id") or _header(headers, "Content-ID")
     reason = words[2].strip() if len(words) > 2 else ""
     return BatchResponseItem(
         int(words[1]), headers, _message_body(raw_body, headers, where), content_id, reason
@@ -290,12 +321,10 @@ def _decode_response(chunk: bytes, where: str) -> BatchResponseItem:
 
 def _nested_boundary(chunk: bytes, where: str) -> tuple[str, bytes] | None:
     """The change-set boundary and body when ``chunk`` is a nested multipart part."""
-    part_block, body = _head_and_body(chunk)
-    part_headers = _parse_headers(part_block, where)
-    content_type = _header(part_headers, "Content-Type") or ""
-    if content_type.split(";", 1)[0].strip().lower() != "multipart/mixed":
+    part_headers, body = _open_part(chunk, where)
+    if _media_type(part_headers) != "multipart/mixed":
         return None
-    return parse_boundary(content_type), body
+    return parse_boundary(part_headers["content-type"]), body
 
 
 def decode_batch_request(body: bytes, content_type: str | None) -> list[BatchRequestItem]:
@@ -304,17 +333,18 @@ def decode_batch_request(body: bytes, content_type: str | None) -> list[BatchReq
     items: list[BatchRequestItem] = []
     for index, chunk in enumerate(_split(body, boundary, "batch"), start=1):
         where = f"batch part {index}"
-        nested = _nested_boundary(chunk, where)
-        if nested is None:
-            items.append(_decode_request(chunk, where))
+        part_headers, content = _open_part(chunk, where)
+        if _media_type(part_headers) != "multipart/mixed":
+            items.append(_decode_request(part_headers, content, where))
             continue
-        inner_boundary, inner_body = nested
+        inner_boundary = parse_boundary(part_headers["content-type"])
         changeset = ChangeSet(boundary=inner_boundary)
-        for inner_index, inner in enumerate(_split(inner_body, inner_boundary, where), start=1):
+        for inner_index, inner in enumerate(_split(content, inner_boundary, where), start=1):
             inner_where = f"{where}, change set part {inner_index}"
-            if _nested_boundary(inner, inner_where) is not None:
+            inner_headers, inner_content = _open_part(inner, inner_where)
+            if _media_type(inner_headers) == "multipart/mixed":
                 raise MultipartError(f"{inner_where}: change sets cannot be nested")
-            part = _decode_request(inner, inner_where)
+            part = _decode_request(inner_headers, inner_content, inner_where)
             if part.method == "GET":
                 raise MultipartError(f"{inner_where}: GET is not allowed inside a change set")
             changeset.parts.append(part)

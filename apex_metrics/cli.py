@@ -369,7 +369,7 @@ def dataverse_whoami(
         print_json(report.to_dict())
     else:
         for line in report.lines():
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @dataverse_app.command("provision")
@@ -393,7 +393,7 @@ def dataverse_provision(
     from apex_metrics.dataverse.provision import ContractDrift
 
     def progress(message: str) -> None:
-        err_console.print(message, markup=False, highlight=False)
+        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     report = asyncio.run(
         run_provision(
@@ -404,7 +404,7 @@ def dataverse_provision(
         print_json(report.to_dict())
     else:
         for line in report.lines():
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     if report.problems:
         count = len(report.problems)
         raise ContractDrift(f"table {report.table} breaks the contract in {count} way(s)")

@@ -104,7 +104,7 @@ class ProvisionReport:
     def lines(self) -> list[str]:
         """Human-readable summary."""
         out = []
-        verb = "would" if self.dry_run else "did"
+        verb = "would apply" if self.dry_run else "applied"
         for step in self.steps:
             mark = "planned" if self.dry_run else ("done" if step.done else "pending")
             out.append(f"[{mark}] {step.action} {step.target}: {step.detail}")
@@ -117,7 +117,7 @@ class ProvisionReport:
                 "tracking, auditing, duplicate detection)"
             )
         elif not self.problems:
-            out.append(f"{len(self.steps)} change(s) {verb} apply; no drift")
+            out.append(f"{len(self.steps)} change(s) {verb}; no drift")
         else:
             out.append(f"{len(self.problems)} problem(s) need a manual fix")
         return out

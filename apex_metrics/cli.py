@@ -93,7 +93,7 @@ def db_migrate(
         print_json(report.to_dict())
     else:
         for line in report.lines():
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _field_option(name: str) -> Any:
@@ -159,7 +159,7 @@ def record_run(
         where = f"id {result.id}, version {result.version}"
         return f"recorded run {values.get('run_id')} ({state}, {where})"
 
-    console.print(asyncio.run(run()), markup=False, highlight=False)
+    console.print(asyncio.run(run()), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("import")
@@ -201,7 +201,7 @@ def import_runs(
     if as_json:
         print_json(report.to_dict())
     else:
-        console.print(report.summary(), markup=False, highlight=False)
+        console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- emulator -----------------------------------------------------------------------------------

@@ -77,6 +77,18 @@ async def test_batch_request_shape(mock_client: MakeClient) -> None:
     assert request.headers["Prefer"] == "odata.continue-on-error"
     assert request.headers["Content-Type"].startswith("multipart/mixed; boundary=")
     assert b"\r\n" in request.content, "CRLF line endings"
+    boundary = request.headers["Content-Type"].split("boundary=")[1].strip('"')
+    assert boundary.startswith("batch_")
+    first_part = request.content.split(f"--{boundary}\r\n".encode())[1]
+    head, _, rest = first_part.partition(b"\r\n\r\n")
+    # The documented layout: MIME headers, blank line, request line, its headers, blank, body.
+    assert head == b"Content-Type: application/http\r\nContent-Transfer-Encoding: binary"
+    request_line = rest.split(b"\r\n")[0]
+    assert request_line.startswith(b"PATCH http://") or request_line.startswith(b"PATCH https://")
+    assert request_line.endswith(b"?$select=apex_runid HTTP/1.1")
+    assert b"Content-Type: application/json; type=entry\r\n" in rest
+    assert b"Content-Length: " in rest, "inner PATCH parts carry Content-Length"
+    assert request.content.endswith(f"--{boundary}--\r\n".encode())
     parts = decode_batch_request(request.content, request.headers["Content-Type"])
     assert all(isinstance(p, BatchPart) and p.method == "PATCH" for p in parts)
     first = parts[0]

@@ -56,10 +56,14 @@ async def soak_faults(rows: int) -> bool:
         await b.set_faults(error_500_rate=0.05, error_503_rate=0.05)
         stop = asyncio.Event()
 
-        async def storms() -> None:
+        async def storms() -> None:  # a 1.5 s storm of 429s every 4 s, the first at 0.5 s
+            delay = 0.5
             while not stop.is_set():
-                await asyncio.sleep(2.0)
-                await b.set_faults(storm_seconds=1.5, storm_retry_after=1)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    await b.set_faults(storm_seconds=1.5, storm_retry_after=1)
+                delay = 4.0
 
         task = asyncio.create_task(storms())
         started = time.perf_counter()
@@ -110,11 +114,15 @@ async def soak_sigkill(rows: int, rounds: int, processes: int) -> bool:
         await insert_rows(b.url, rows)
         kills = 0
         procs: list[tuple[float, subprocess.Popen[bytes]]] = []
-        for _ in range(rounds):
+        while kills < rounds:
             while len(procs) < processes:
                 procs.append((time.monotonic(), worker(b, "--workers", "2", "--batch-size", "5")))
             await asyncio.sleep(rng.uniform(0.3, 1.5))
-            _, victim = procs.pop(rng.randrange(len(procs)))
+            # Only processes that had time to start (about 1.5 s) and send are worth killing.
+            ready = [i for i, (t, _) in enumerate(procs) if time.monotonic() - t > 1.5]
+            if not ready:
+                continue
+            _, victim = procs.pop(rng.choice(ready))
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
             kills += 1

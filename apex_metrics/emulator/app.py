@@ -158,8 +158,12 @@ class Emulator:
         response.headers.setdefault("x-ms-dop-hint", self.dop_hint)
         state = self.limiter.callers.get(caller.client_id)
         if state is not None:
-            remaining = self.config.limits.requests_per_window - len(state.starts)
-            response.headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = str(max(0, remaining))
+            limits = self.config.limits
+            remaining = limits.requests_per_window - len(state.starts)
+            seconds = limits.execution_seconds_per_window - state.busy_seconds
+            headers = response.headers
+            headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = str(max(0, remaining))
+            headers["x-ms-ratelimit-time-remaining-xrm-requests"] = f"{max(0.0, seconds):.2f}"
         return response
 
     # --- admin API ---------------------------------------------------------------------------
@@ -192,7 +196,9 @@ class Emulator:
 
     async def admin_stats(self, request: Request) -> Response:
         data: dict[str, Any] = self.stats.to_dict()
-        data["rows"] = dict(self.store.counts)
+        counts = self.store.counts
+        data["rows"] = {k: v for k, v in counts.items() if k.startswith("rows.")}
+        data["batch"] = {k: v for k, v in counts.items() if k.startswith("batch.")}
         data["tables"] = {
             e.entity_set_name: _count(self.store, e.table) for e in self.store.entities.values()
         }

@@ -75,6 +75,9 @@ def run_batch(request: ApiRequest, store: Store, dispatch: Dispatch) -> ApiRespo
         raise bad_request(
             f"The number of requests in the batch ({total}) exceeds the limit of {MAX_REQUESTS}."
         )
+    store.counts["batch.batches"] += 1
+    store.counts["batch.requests"] += total
+    store.counts["batch.changesets"] += sum(isinstance(i, ChangeSet) for i in items)
     keep_going = "odata.continue-on-error" in request.prefer()
     responses: list[BatchResponsePart] = []
     failed = False

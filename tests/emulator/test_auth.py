@@ -90,6 +90,8 @@ def test_web_api_needs_a_valid_token(emulator: RunningEmulator) -> None:
     good = httpx.get(whoami, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert good.status_code == 200
     assert good.headers["x-ms-dop-hint"].isdigit()
+    assert good.headers["x-ms-ratelimit-burst-remaining-xrm-requests"].isdigit()
+    assert float(good.headers["x-ms-ratelimit-time-remaining-xrm-requests"]) > 0
     assert set(good.json()) >= {"BusinessUnitId", "UserId", "OrganizationId"}
 
 

@@ -203,6 +203,11 @@ def test_limits_and_malformed_batches(client: httpx.Client, table: str) -> None:
     exactly = post_batch(client, many[:1000], prefer="odata.continue-on-error")
     assert exactly.status_code == 200
     assert len(flatten_responses(decoded(exactly))) == 1000
+    stats = httpx.get(
+        f"{str(client.base_url).split('/api/')[0]}/_emulator/stats", timeout=10
+    ).json()
+    assert stats["batch"] == {"batch.batches": 1, "batch.requests": 1000, "batch.changesets": 0}
+    assert stats["rows"] == {"rows.created": 1000}
     for body, content_type in [
         (b"not multipart", "multipart/mixed; boundary=b"),
         (b"--b\r\n", "multipart/mixed; boundary=b"),

@@ -55,10 +55,10 @@ def label(text: str) -> dict[str, Any]:
 
 
 def label_text(value: Any, default: str) -> str:
-    if isinstance(value, dict):
-        for item in value.get("LocalizedLabels") or []:
-            if isinstance(item, dict) and isinstance(item.get("Label"), str):
-                return str(item["Label"])
+    labels = value.get("LocalizedLabels") if isinstance(value, dict) else None
+    for item in labels if isinstance(labels, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("Label"), str):
+            return str(item["Label"])
     return default
 
 
@@ -265,7 +265,7 @@ def attribute_from_json(body: Any) -> Attribute:
         str(body.get("@odata.type") or "").lstrip("#").removeprefix("Microsoft.Dynamics.CRM.")
     )
     odata_type = odata_type.removeprefix("Complex").removesuffix("AttributeMetadata")
-    kind = _BY_ODATA_TYPE.get(odata_type) or body.get("AttributeType")
+    kind = _BY_ODATA_TYPE.get(odata_type) or str(body.get("AttributeType"))
     if kind not in ATTRIBUTE_TYPES or kind in ("Uniqueidentifier", "BigInt"):
         raise bad_request(
             f"Unsupported attribute type {body.get('@odata.type') or body.get('AttributeType')!r};"
@@ -281,11 +281,15 @@ def attribute_from_json(body: Any) -> Attribute:
         display_name=label_text(body.get("DisplayName"), schema),
         is_primary_name=bool(body.get("IsPrimaryName", False)),
     )
-    required = body.get("RequiredLevel")
-    if isinstance(required, dict) and isinstance(required.get("Value"), str):
-        attribute.required_level = required["Value"]
+    attribute.required_level = _text_value(body.get("RequiredLevel")) or "None"
     _set_limits(attribute, body)
     return attribute
+
+
+def _text_value(value: Any) -> str | None:
+    """The string in ``{"Value": "..."}``, if that is what ``value`` is."""
+    inner = value.get("Value") if isinstance(value, dict) else None
+    return inner if isinstance(inner, str) else None
 
 
 def _set_limits(attribute: Attribute, body: dict[str, Any]) -> None:
@@ -297,8 +301,7 @@ def _set_limits(attribute: Attribute, body: dict[str, Any]) -> None:
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= longest:
             raise bad_request(f"MaxLength must be an integer from 1 to {longest}", INVALID_ARGUMENT)
         attribute.max_length = length
-        fmt = body.get("FormatName")
-        attribute.format = fmt.get("Value") if isinstance(fmt, dict) else "Text"
+        attribute.format = _text_value(body.get("FormatName")) or "Text"
     elif kind == "Integer":
         minimum, maximum = _number(body, "MinValue"), _number(body, "MaxValue")
         attribute.min_value = -2147483648.0 if minimum is None else minimum
@@ -325,12 +328,9 @@ def _set_limits(attribute: Attribute, body: dict[str, Any]) -> None:
                 INVALID_ARGUMENT,
             )
     elif kind == "DateTime":
-        fmt = body.get("Format") or "DateAndTime"
-        behavior = body.get("DateTimeBehavior")
-        attribute.format = str(fmt)
-        attribute.datetime_behavior = (
-            behavior.get("Value") if isinstance(behavior, dict) else None
-        ) or "UserLocal"
+        fmt = body.get("Format")
+        attribute.format = fmt if isinstance(fmt, str) and fmt else "DateAndTime"
+        attribute.datetime_behavior = _text_value(body.get("DateTimeBehavior")) or "UserLocal"
     if attribute.min_value is not None and attribute.max_value is not None:
         if attribute.min_value > attribute.max_value:
             raise bad_request("MinValue must not be greater than MaxValue", INVALID_ARGUMENT)

@@ -111,3 +111,39 @@ def test_batch_never_500(fuzz_client: httpx.Client, body: bytes) -> None:
         "$batch", content=body, headers={"Content-Type": "multipart/mixed; boundary=b"}
     )
     assert response.status_code < 500, response.text
+
+
+METADATA_URLS = [
+    "EntityDefinitions",
+    "CreateEntities",
+    "EntityDefinitions(LogicalName='apex_campaignmetrics')/Attributes",
+    "EntityDefinitions(LogicalName='apex_campaignmetrics')/Keys",
+    f"{SET}/Microsoft.Dynamics.CRM.UpsertMultiple",
+    f"{SET}/Microsoft.Dynamics.CRM.CreateMultiple",
+]
+metadata_keys = st.sampled_from(
+    ["SchemaName", "Attributes", "@odata.type", "IsPrimaryName", "MaxLength", "Precision",
+     "MinValue", "MaxValue", "KeyAttributes", "Entities", "Targets", "@odata.id", "Format",
+     "DisplayName", "ChangeTrackingEnabled", "apex_runid", "LocalizedLabels", "Label",
+     "RequiredLevel", "Value", "FormatName", "DateTimeBehavior", "IsAuditEnabled"]
+)  # fmt: skip
+metadata_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["apex_X", "apex_runid", "Microsoft.Dynamics.CRM.StringAttributeMetadata"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(metadata_keys, inner, max_size=5),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(url=st.sampled_from(METADATA_URLS), body=metadata_values)
+def test_metadata_and_bulk_bodies_never_500(
+    fuzz_client: httpx.Client, url: str, body: object
+) -> None:
+    assert_not_500(fuzz_client.post(url, content=json.dumps(body).encode()))
+    put = fuzz_client.put("EntityDefinitions(LogicalName='apex_campaignmetrics')", json=body)
+    assert put.status_code < 500, put.text

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
@@ -176,6 +177,11 @@ def create_app(config: PanelConfig) -> FastAPI:
     @app.exception_handler(ApexMetricsError)
     async def our_error(request: Request, exc: ApexMetricsError) -> JSONResponse:
         return JSONResponse({"error": exc.one_line()}, status_code=503)
+
+    @app.exception_handler(psycopg.Error)
+    async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
+        log.warning("panel: database error: %s", exc)
+        return JSONResponse({"error": "the database is unavailable; retrying"}, status_code=503)
 
     app.add_middleware(SecurityMiddleware, token=config.token, docs_csp=docs_csp())
     return app

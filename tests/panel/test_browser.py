@@ -171,3 +171,61 @@ def test_the_page_reconnects_after_a_server_restart(
         tab.wait_for_selector('#runs tr[data-run="after-restart"]', timeout=WAIT_MS)
     # Only the lost connection itself may be reported while the server was down.
     assert all("ERR_CONNECTION_REFUSED" in e or "/api/" in e for e in errors), errors
+
+
+def test_dataverse_source_shows_synced_runs_live(
+    h: Any, seeded_url: str, page: tuple[Page, list[str]]
+) -> None:
+    """PostgreSQL → sync engine → emulator (HTTP) → panel (source dataverse) → browser."""
+    import asyncio
+    import concurrent.futures
+
+    from apex_metrics.dataverse.connect import open_dataverse
+    from apex_metrics.dataverse.provision import provision
+    from apex_metrics.emulator import EmulatorConfig
+    from apex_metrics.panel.app import PanelConfig
+    from apex_metrics.settings import Settings
+    from apex_metrics.sync.commands import engine_config, run_sync
+    from apex_metrics.testing import running_emulator
+
+    tab, errors = page
+    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0.05)) as emulator:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, database_url=seeded_url, dataverse_url=emulator.url
+        )
+
+        def in_thread(coro: Any) -> Any:
+            # Playwright's sync API keeps an event loop running in this thread.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(asyncio.run, coro).result(timeout=60)
+
+        async def prepare() -> None:
+            async with open_dataverse(settings) as client:
+                await provision(client, poll_interval=0.05, key_timeout=30)
+
+        def sync_once() -> None:
+            config = engine_config(settings, workers=1, once=True, poll_interval=0.2)
+            in_thread(run_sync(settings, config, handle_signals=False))
+
+        in_thread(prepare())
+        sync_once()
+        config = PanelConfig(source="dataverse", database_url=seeded_url, settings=settings,
+                             watch_interval=0.5)  # fmt: skip
+        port = h.free_port()
+        server, thread = h.start_server(config, port)
+        try:
+            tab.goto(f"http://127.0.0.1:{port}/?window=24h")
+            wait_refresh(tab, 0)
+            tab.wait_for_selector('#status[data-state="live"]', timeout=WAIT_MS)
+            assert tab.text_content("#source") == "source: dataverse"
+            check_tiles(h, tab, seeded_url, None, None)
+            assert tab.text_content("#sync-dead") == "0"
+            assert tab.text_content("#sync-runs tbody tr:first-child td:last-child") == "ok"
+
+            insert_run(h, seeded_url, "synced-live-run")
+            sync_once()
+            # Synced: on the page within 2 s, without a reload.
+            tab.wait_for_selector('#runs tr[data-run="synced-live-run"]', timeout=2_000)
+        finally:
+            h.stop_server(server, thread)
+    assert errors == []

@@ -87,6 +87,8 @@ class Store:
         if path:
             self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache
+        self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.executescript(
             resources.files("apex_metrics.emulator").joinpath("schema.sql").read_text()
         )

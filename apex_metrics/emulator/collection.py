@@ -29,6 +29,7 @@ _SUPPORTED = {
     "$select", "$filter", "$orderby", "$top", "$count", "$apply", "$skiptoken", "$deltatoken",
     "$expand",
 }  # fmt: skip
+_UNSUPPORTED_QUERIES = {"fetchXml", "sql", "savedQuery", "userQuery"}
 _DELTA = re.compile(r"^(\d{1,18})(!.*)?$")
 
 
@@ -43,6 +44,8 @@ def _page_size(request: ApiRequest, maximum: int) -> int | None:
 
 def _check_options(request: ApiRequest) -> None:
     for name, _ in request.query:
+        if name in _UNSUPPORTED_QUERIES:
+            raise bad_request(f"The emulator does not support {name} queries; use OData options.")
         if name.startswith("$") and name not in _SUPPORTED:
             if name == "$skip":
                 raise bad_request("The query parameter $skip is not supported")

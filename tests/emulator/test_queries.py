@@ -78,6 +78,7 @@ def test_select_filter_orderby_top(client: httpx.Client, table: str) -> None:
         ({"$top": "-1"}, "$top"),
         ({"$skip": "10"}, "$skip"),
         ({"$skiptoken": "garbage"}, "$skiptoken"),
+        ({"fetchXml": "<fetch/>"}, "fetchXml"),
     ],
 )
 def test_bad_query_options_are_400(

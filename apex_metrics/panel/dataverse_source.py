@@ -6,17 +6,20 @@ more than 50,000 records (0x8004E023) and merges the parts. ``$apply`` cannot gr
 DateTime, so time buckets are **one aggregate per bucket**, each filtered on its
 ``apex_createdat`` range, sent concurrently (at most ``concurrency`` at a time). The p95 of run
 p95s groups by ``apex_latencyp95ms`` (an Integer, which may be grouped) and builds the same
-histogram as PostgreSQL. The change watermark is the newest ``versionnumber``.
+histogram as PostgreSQL. The change watermark is the newest ``versionnumber``. Figures of closed
+windows (ended more than 5 minutes ago: previous windows, past chart buckets) are reused for a
+minute, so that a page refreshing every second does not exhaust the service-protection limits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from apex_metrics.dataverse.client import DataverseClient
 from apex_metrics.dataverse.connect import open_dataverse
@@ -33,8 +36,10 @@ from apex_metrics.panel.params import Filters
 from apex_metrics.panel.sources import RUN_FIELDS, Series
 from apex_metrics.settings import Settings
 
-T = TypeVar("T")
 CREATED: Final = "apex_createdat"
+CLOSED_AGE: Final = timedelta(minutes=5)  # a window that ended this long ago counts as closed
+CLOSED_TTL: Final = 60.0  # seconds a closed window's figures are reused
+CACHE_SIZE: Final = 4096
 SUMS: Final = (
     ("apex_costusd", "cost"),
     ("apex_tokensin", "tin"),
@@ -81,9 +86,17 @@ class DataverseSource:
 
     name = "dataverse"
 
-    def __init__(self, client: DataverseClient, *, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        client: DataverseClient,
+        *,
+        concurrency: int = 8,
+        closed_ttl: float = CLOSED_TTL,
+    ) -> None:
         self.client = client
         self._limit = asyncio.Semaphore(concurrency)
+        self._closed_ttl = closed_ttl
+        self._cache: dict[tuple[Any, ...], tuple[float, Totals]] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -111,12 +124,29 @@ class DataverseSource:
                 ENTITY_SET, apply, time_column=CREATED, start=start, end=end
             )
 
-    async def _gather(self, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
-        return list(await asyncio.gather(*(call() for call in calls)))
-
     # -- Source ------------------------------------------------------------------------------
 
     async def totals(self, filters: Filters, window: Window) -> Totals:
+        """Sums of a window. Windows that ended more than CLOSED_AGE ago (the previous window,
+        past chart buckets) are cached for ``closed_ttl`` seconds: a live page refreshes every
+        second and would otherwise spend the service-protection budget re-reading the past."""
+        closed = window.end <= datetime.now(UTC) - CLOSED_AGE
+        key = (filters.campaign, filters.phase, window.start, window.end)
+        if closed:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
+        totals = await self._read_totals(filters, window)
+        if closed:
+            if len(self._cache) >= CACHE_SIZE:
+                now = time.monotonic()
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                while len(self._cache) >= CACHE_SIZE:
+                    self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (time.monotonic() + self._closed_ttl, totals)
+        return totals
+
+    async def _read_totals(self, filters: Filters, window: Window) -> Totals:
         sums, latency_runs, p95 = await asyncio.gather(
             self._aggregate(self._apply(filters, SUM_APPLY), window),
             self._aggregate(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from pydantic import SecretStr
 
@@ -148,3 +151,15 @@ async def test_bad_parameters_get_400_naming_the_parameter(h: Any, database_url:
             "from": "2026-01-01T00:00:00+01:00", "to": "2026-01-01T12:00:00Z"})  # fmt: skip
         assert ok.status_code == 200
         assert ok.json()["window"]["start"] == "2025-12-31T23:00:00+00:00"
+
+
+async def test_sync_health_degrades_without_the_sync_engine(h: Any, database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("DROP TABLE sync_runs")
+        conn.execute(h.INSERT, h.random_run(random.Random(1), datetime.now(UTC), "pending-1"))
+    async with h.panel_client(PanelConfig(source="postgres", database_url=database_url)) as c:
+        body = (await c.get("/api/sync")).json()
+    assert body["sync_engine"] is False
+    assert body["message"] == "sync engine not installed"
+    assert body["pending"] == 1 and body["dead"] is None and body["runs"] == []
+    assert body["last_run_at"] is not None and body["lag_seconds"] is not None

@@ -34,6 +34,7 @@ class ApiRequest:
     base: str  # environment URL, no trailing slash
     caller: Caller
     in_batch: bool = False
+    _prefer: dict[str, str] | None = None
 
     @property
     def service_root(self) -> str:
@@ -51,7 +52,9 @@ class ApiRequest:
         return value
 
     def prefer(self) -> dict[str, str]:
-        return parse_prefer(self.header("prefer"))
+        if self._prefer is None:
+            self._prefer = parse_prefer(self.header("prefer"))
+        return self._prefer
 
     def json(self) -> Any:
         """The body as JSON; a 400 with a Dataverse error body when it is not."""

@@ -264,9 +264,13 @@ def _entity_uri(request: ApiRequest, entity: Entity, key_text: str) -> str:
 
 
 def _representation(
-    request: ApiRequest, entity: Entity, row: dict[str, Any], status: int, location: str
+    request: ApiRequest,
+    entity: Entity,
+    row: dict[str, Any],
+    status: int,
+    location: str,
+    select: list[str] | None,
 ) -> ApiResponse:
-    select = parse_select(entity, request.option("$select"))
     body = {
         "@odata.context": f"{request.service_root}/$metadata#{entity.entity_set_name}/$entity",
         **render(entity, row, select),
@@ -286,13 +290,13 @@ def _wants_body(request: ApiRequest) -> bool:
 def create(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
     """POST SET: 204 + OData-EntityId, or 201 + the row with return=representation."""
     clean = check_body(entity, request.json())
-    parse_select(entity, request.option("$select"))
+    select = parse_select(entity, request.option("$select"))
     row_id = clean.pop(entity.primary_id, None)
     with store.atomic():
         row = RowWriter(store, entity, request.caller.user_id).insert(clean, row_id)
     location = _entity_uri(request, entity, row[entity.primary_id])
     if _wants_body(request):
-        return _representation(request, entity, row, 201, location)
+        return _representation(request, entity, row, 201, location, select)
     return ApiResponse.empty(204, {"OData-EntityId": location, "Location": location})
 
 
@@ -315,7 +319,7 @@ def retrieve(store: Store, entity: Entity, target: Target, request: ApiRequest) 
 def upsert(store: Store, entity: Entity, target: Target, request: ApiRequest) -> ApiResponse:
     """PATCH SET(key): update, or create when missing (If-Match / If-None-Match restrict it)."""
     clean = check_body(entity, request.json())
-    parse_select(entity, request.option("$select"))
+    select = parse_select(entity, request.option("$select"))
     if_match = request.header("if-match")
     if_none_match = request.header("if-none-match")
     with store.atomic():
@@ -324,7 +328,8 @@ def upsert(store: Store, entity: Entity, target: Target, request: ApiRequest) ->
         )
     location = _entity_uri(request, entity, target.text)
     if _wants_body(request):
-        return _representation(request, entity, row, 201 if created else 200, location)
+        status = 201 if created else 200
+        return _representation(request, entity, row, status, location, select)
     return ApiResponse.empty(204, {"OData-EntityId": location})
 
 

@@ -223,3 +223,21 @@ def test_limits_and_malformed_batches(client: httpx.Client, table: str) -> None:
     inner = flatten_responses(decoded(nested))[0]
     assert inner.status == 400
     assert inner.json()["error"]["message"] == "Batches cannot be nested."
+
+
+def test_representation_inside_a_batch_tells_created_from_updated(
+    client: httpx.Client, table: str
+) -> None:
+    """The sync client's shape: PATCH by key, $select of the key, return=representation."""
+    headers = {"Content-Type": "application/json; type=entry", "Prefer": "return=representation"}
+    part = BatchPart(
+        "PATCH", f"{SET}(apex_runid='rep')?$select=apex_runid", headers, b'{"apex_tokensin": 1}'
+    )
+    first = flatten_responses(decoded(post_batch(client, [part], "odata.continue-on-error")))
+    second = flatten_responses(decoded(post_batch(client, [part], "odata.continue-on-error")))
+    assert (first[0].status, second[0].status) == (201, 200)
+    body = second[0].json()
+    assert body["apex_runid"] == "rep"
+    assert "apex_tokensin" not in body
+    assert second[0].header("Preference-Applied") == "return=representation"
+    assert second[0].header("OData-EntityId", "").endswith(f"{SET}(apex_runid='rep')")

@@ -8,6 +8,7 @@
    emulator's Web API, p50/p95/p99, inserts at a steady rate with the engine running.
 4. Under the emulator's default service protection limits: sustained rows/s and 429s; then a
    5-second 429 storm to count how many 429s the engine takes before pacing itself.
+5. reconcile at 1,000,000 rows: time and peak memory growth (bounded: pages + one cursor).
 
     python bench/sync_bench.py            # 100,000 rows, 1,000 latency samples
     python bench/sync_bench.py --quick    # 10,000 rows, 200 latency samples
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 import time
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from sync_harness import Bench, bench_stack, percentile, requests_of
+from sync_harness import Bench, bench_stack, percentile, requests_of, scratch_database
 
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.flow import FlowControl
@@ -31,6 +33,7 @@ from apex_metrics.metric import ALTERNATE_KEY_COLUMN, ENTITY_SET
 from apex_metrics.sync.checks import execute, insert_rows, verdict
 from apex_metrics.sync.commands import ENGINE_CLIENT_RETRY, engine_config, run_sync
 from apex_metrics.sync.engine import Engine
+from apex_metrics.sync.reconcile import reconcile
 from apex_metrics.sync.sink import dataverse_body
 
 
@@ -176,6 +179,43 @@ async def bench_limits(rows: int, storm_rows: int, workers: int) -> dict[str, An
     }
 
 
+class PgSource:
+    """A Dataverse stand-in that streams every row from PostgreSQL itself (server-side cursor),
+    so that the reconcile under test, not the source, is what holds memory. One row in
+    100,000 is altered, so that the comparison has something to find."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def query(self, entity_set: str, **_: Any) -> Any:
+        async with await psycopg.AsyncConnection.connect(self.url) as conn:
+            cur = conn.cursor("bench_source", row_factory=dict_row)
+            await cur.execute("SELECT * FROM campaign_metrics")
+            while rows := await cur.fetchmany(5000):
+                for row in rows:
+                    body = dataverse_body(row) | {ALTERNATE_KEY_COLUMN: row["run_id"]}
+                    if row["id"] % 100_000 == 7:  # one row in 100,000 differs
+                        body["apex_tokensin"] = -1
+                    yield body
+
+
+async def bench_reconcile(rows: int) -> dict[str, Any]:
+    async with scratch_database() as url:
+        await insert_rows(url, rows)
+        await execute(url, "UPDATE campaign_metrics SET exported_version = version")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.perf_counter()
+        report = await reconcile(url, PgSource(url))
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "peak_growth_mb": (after - before) / 1024,
+        "report": report,
+    }
+
+
 def check_line(check: Any) -> str:
     return f"lost={check.lost} duplicated={check.duplicated} stale={check.stale}"
 
@@ -231,6 +271,17 @@ async def main() -> int:
         f"{lim['storm_rows']:,} rows (one per Retry-After pause; {check_line(lim['check'])})"
     )
     ok &= lim["check"].lost == lim["check"].stale == 0
+
+    big = 100_000 if args.quick else 1_000_000
+    say(f"== 5. reconcile memory: {big:,} rows streamed from a source into the comparison")
+    rec = await bench_reconcile(big)
+    r = rec["report"]
+    say(
+        f"{rec['rows']:,} rows compared in {rec['seconds']:.1f} s, peak RSS growth "
+        f"{rec['peak_growth_mb']:.1f} MB (matching {r.matching:,}, different {r.different}, "
+        f"missing {r.missing}, extra {r.extra})"
+    )
+    ok &= r.different == big // 100_000 and not (r.missing or r.extra)
     return 0 if ok else 1
 
 

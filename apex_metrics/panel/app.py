@@ -121,13 +121,16 @@ async def open_source(
     return source, sync_reader
 
 
-def create_app(config: PanelConfig) -> FastAPI:
-    """The panel app for ``config``."""
+def create_app(
+    config: PanelConfig, *, opened: tuple[Source, SyncHealthReader | None] | None = None
+) -> FastAPI:
+    """The panel app for ``config``. Its lifespan opens the source, unless ``opened`` passes
+    one that the caller opened (and closes) itself."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            source, sync_reader = await open_source(config, stack)
+            source, sync_reader = opened or await open_source(config, stack)
             broadcaster = Broadcaster()
             panel = PanelState(
                 source=source,
@@ -189,10 +192,16 @@ def create_app(config: PanelConfig) -> FastAPI:
 
 async def serve(config: PanelConfig) -> None:
     """Serve the panel until interrupted (``apex-metrics panel``)."""
-    import uvicorn
-
     check_bind(config.host, config.token)
-    app = create_app(config)
+    async with contextlib.AsyncExitStack() as stack:
+        # Open the source first: a bad URL or a missing schema fails with one line, not with
+        # uvicorn's "Application startup failed" traceback.
+        opened = await open_source(config, stack)
+        await _serve(create_app(config, opened=opened), config)
+
+
+async def _serve(app: FastAPI, config: PanelConfig) -> None:
+    import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

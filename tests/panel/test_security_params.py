@@ -113,6 +113,14 @@ def test_cli_refuses_non_loopback_without_token(database_url: str) -> None:
     assert done.returncode == 1
     assert "refusing to serve the panel on 0.0.0.0 without APEX_PANEL_TOKEN" in done.stderr
     assert "Traceback" not in done.stderr
+    env["APEX_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/apex_panel_no_such_db"
+    done = subprocess.run(
+        [str(exe), "panel", "--source", "postgres", "--port", "1"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: PostgreSQL at ") and "has no database" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 BAD = [

@@ -195,6 +195,9 @@
         el("td", fmt(r.updated)), el("td", fmt(r.failed)), el("td", r.outcome, "outcome-" + r.outcome));
       body.append(tr);
     }
+    if (!(data.runs || []).length) {
+      const tr = el("tr"); const td = el("td", data.sync_engine === false ? "—" : "No sync runs yet."); td.colSpan = 7; tr.append(td); body.append(tr);
+    }
   }
 
   function tick() {

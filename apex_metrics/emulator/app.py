@@ -229,6 +229,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return Response(dumps(body), 404, media_type=JSON_TYPE)
 
 
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    message = f"The HTTP method '{request.method}' is not allowed on '{request.url.path[:100]}'."
+    body = {"error": {"code": "0x80060888", "message": message}}
+    return Response(dumps(body), 405, media_type=JSON_TYPE)
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     body = {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}}
     return Response(dumps(body), 500, media_type=JSON_TYPE)
@@ -259,7 +265,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: _not_found, 405: _not_found, 500: _server_error},
+        exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error},
     )
     app.state.emulator = emulator
     return app

@@ -123,3 +123,14 @@ def test_app_without_application_user_gets_403() -> None:
                 "message": "The user is not a member of the organization.",
             }
         }
+
+
+def test_unknown_routes_and_methods_answer_json(emulator: RunningEmulator) -> None:
+    missing = httpx.get(f"{emulator.url}/nothing/here", timeout=10)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "0x80060888"
+    wrong = httpx.request("OPTIONS", f"{emulator.api}/WhoAmI", timeout=10)
+    assert wrong.status_code == 405
+    assert "OPTIONS" in wrong.json()["error"]["message"]
+    token_get = httpx.get(emulator.token_url, timeout=10)
+    assert token_get.status_code == 405

@@ -5,7 +5,9 @@
 -- name: claim_batch
 -- Lease up to %(limit)s pending rows that are not dead, not leased (or whose lease expired) and
 -- due for an attempt. The CTE is an optimisation fence: the LIMIT applies before the UPDATE.
--- Returns the current row values and the version they belong to.
+-- Returns the current row values and the version they belong to. created_at comes as
+-- Dataverse text (UTC, whole seconds), so that no stored value (e.g. a year past 9999, which
+-- Python cannot load) can make the claim itself fail and block the queue.
 WITH candidates AS (
     SELECT id
     FROM campaign_metrics
@@ -27,7 +29,7 @@ WHERE c.id = ANY(ARRAY(SELECT id FROM candidates))
 RETURNING c.id, c.version, c.sync_attempts AS attempts,
     c.campaign_id, c.run_id, c.phase, c.agents_total, c.agents_successful, c.assets_generated,
     c.tokens_in, c.tokens_out, c.cost_usd, c.latency_p95_ms, c.latency_avg_ms, c.success_rate,
-    c.created_at;
+    to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at;
 
 -- name: start_run
 -- Open a run record for a claimed batch (same transaction as the claim).

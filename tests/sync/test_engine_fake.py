@@ -246,3 +246,16 @@ async def test_workers_survive_terminated_backends(database_url: str) -> None:
     assert stats.delivered >= 400
     await assert_converged(database_url, sink)
     assert await scalar(database_url, "SELECT count(*) FROM v_campaign_metrics_pending") == 0
+
+
+async def test_a_value_python_cannot_load_does_not_block_the_queue(database_url: str) -> None:
+    await insert_rows(database_url, 5)
+    await execute(
+        database_url,
+        "UPDATE campaign_metrics SET created_at = '12000-01-01 00:00:00+00' WHERE run_id = 'run-2'",
+    )
+    sink = FakeSink()
+    stats = await run_once(database_url, sink)
+    assert stats.created == 5  # the fake accepts it; Dataverse would dead-letter it (400)
+    assert sink.rows["run-2"]["apex_createdat"] == "12000-01-01T00:00:00Z"
+    assert sink.rows["run-1"]["apex_createdat"] == "2026-01-01T00:00:01Z"

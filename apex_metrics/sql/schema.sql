@@ -249,136 +249,111 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
         ELSE (((32 + (b - 64) % 32 + 1)::bigint << (6 + (b - 64) / 32 - 5)) - 1)::integer END
 $$;
 
-CREATE OR REPLACE FUNCTION apex_metrics_panel_rollup_apply() RETURNS trigger
+-- The three functions below apply signed deltas (+1 new versions, -1 old ones) to the rollups
+-- and histograms, keys in a fixed order so that concurrent writers lock rollup rows in the
+-- same order. Static SQL, so that PL/pgSQL keeps the plans. Updates that leave every column
+-- the panel reads unchanged (sync bookkeeping) contribute nothing and wake nobody.
+
+-- Rows inserted by one statement.
+CREATE OR REPLACE FUNCTION apex_metrics_panel_rollup_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    delta text;
     changed bigint;
 BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE apex_metrics_panel_rollup, apex_metrics_panel_latency_hist,
-                 apex_metrics_panel_rollup_daily, apex_metrics_panel_latency_hist_daily;
-        PERFORM nextval('apex_metrics_panel_change_seq');
-        PERFORM pg_notify('apex_metrics_panel', '');
-        RETURN NULL;
-    END IF;
-
-    -- Signed delta rows: +1 for new versions, -1 for old ones. Updates that leave every column
-    -- the panel reads unchanged (sync bookkeeping) contribute nothing. The transition tables
-    -- are visible to EXECUTE, so one statement serves the three operations.
-    IF TG_OP = 'INSERT' THEN
-        delta := 'SELECT 1 AS sign, n.* FROM new_rows n';
-    ELSIF TG_OP = 'DELETE' THEN
-        delta := 'SELECT -1 AS sign, o.* FROM old_rows o';
-    ELSE
-        delta := $d$
-            SELECT s.* FROM old_rows o JOIN new_rows n ON n.id = o.id
-            CROSS JOIN LATERAL (
-                SELECT -1 AS sign, o.* UNION ALL SELECT 1 AS sign, n.*
-            ) AS s
-            WHERE (o.created_at, o.campaign_id, o.phase, o.cost_usd, o.tokens_in, o.tokens_out,
-                   o.agents_total, o.agents_successful, o.assets_generated, o.latency_avg_ms,
-                   o.latency_p95_ms)
-                  IS DISTINCT FROM
-                  (n.created_at, n.campaign_id, n.phase, n.cost_usd, n.tokens_in, n.tokens_out,
-                   n.agents_total, n.agents_successful, n.assets_generated, n.latency_avg_ms,
-                   n.latency_p95_ms)
-        $d$;
-    END IF;
-
-    -- Keys in a fixed order, so that concurrent writers lock rollup rows in the same order.
-    EXECUTE format($q$
-        WITH delta AS MATERIALIZED (%s),
-        rolled AS (
-            INSERT INTO apex_metrics_panel_rollup AS r (
-                hour, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
-                agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
-                latency_p95_runs
-            )
-            SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
-                   campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
-                   coalesce(sum(sign * tokens_in::bigint), 0),
-                   coalesce(sum(sign * tokens_out::bigint), 0),
-                   coalesce(sum(sign * agents_total::bigint), 0),
-                   coalesce(sum(sign * agents_successful::bigint), 0),
-                   coalesce(sum(sign * assets_generated::bigint), 0),
-                   coalesce(sum(sign * latency_avg_ms::bigint), 0),
-                   coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
-                   coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
-            FROM delta
-            GROUP BY 1, 2, 3
-            ORDER BY 1, 2, 3
-            ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_key DO UPDATE SET
-                runs = r.runs + excluded.runs,
-                cost_usd = r.cost_usd + excluded.cost_usd,
-                tokens_in = r.tokens_in + excluded.tokens_in,
-                tokens_out = r.tokens_out + excluded.tokens_out,
-                agents_total = r.agents_total + excluded.agents_total,
-                agents_successful = r.agents_successful + excluded.agents_successful,
-                assets_generated = r.assets_generated + excluded.assets_generated,
-                latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
-                latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
-                latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
-            RETURNING 1
-        ),
-        hist AS (
-            INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
-            SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
-                   apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
-            FROM delta
-            WHERE latency_p95_ms IS NOT NULL
-            GROUP BY 1, 2
-            ORDER BY 1, 2
-            ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
-            RETURNING 1
-        ),
-        rolled_daily AS (
-            INSERT INTO apex_metrics_panel_rollup_daily AS r (
-                day, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
-                agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
-                latency_p95_runs
-            )
-            SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
-                   campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
-                   coalesce(sum(sign * tokens_in::bigint), 0),
-                   coalesce(sum(sign * tokens_out::bigint), 0),
-                   coalesce(sum(sign * agents_total::bigint), 0),
-                   coalesce(sum(sign * agents_successful::bigint), 0),
-                   coalesce(sum(sign * assets_generated::bigint), 0),
-                   coalesce(sum(sign * latency_avg_ms::bigint), 0),
-                   coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
-                   coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
-            FROM delta
-            GROUP BY 1, 2, 3
-            ORDER BY 1, 2, 3
-            ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_daily_key DO UPDATE SET
-                runs = r.runs + excluded.runs,
-                cost_usd = r.cost_usd + excluded.cost_usd,
-                tokens_in = r.tokens_in + excluded.tokens_in,
-                tokens_out = r.tokens_out + excluded.tokens_out,
-                agents_total = r.agents_total + excluded.agents_total,
-                agents_successful = r.agents_successful + excluded.agents_successful,
-                assets_generated = r.assets_generated + excluded.assets_generated,
-                latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
-                latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
-                latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
-            RETURNING 1
-        ),
-        hist_daily AS (
-            INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
-            SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
-                   apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
-            FROM delta
-            WHERE latency_p95_ms IS NOT NULL
-            GROUP BY 1, 2
-            ORDER BY 1, 2
-            ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
-            RETURNING 1
+    WITH delta AS MATERIALIZED (
+        SELECT 1 AS sign, created_at, campaign_id, phase, cost_usd, tokens_in, tokens_out, agents_total,
+               agents_successful, assets_generated, latency_avg_ms, latency_p95_ms
+        FROM new_rows
+    ),
+    rolled AS (
+        INSERT INTO apex_metrics_panel_rollup AS r (
+            hour, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+            agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+            latency_p95_runs
         )
-        SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
-             + (SELECT count(*) FROM rolled_daily) + (SELECT count(*) FROM hist_daily)
-    $q$, delta) INTO changed;
-
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+               coalesce(sum(sign * tokens_in::bigint), 0),
+               coalesce(sum(sign * tokens_out::bigint), 0),
+               coalesce(sum(sign * agents_total::bigint), 0),
+               coalesce(sum(sign * agents_successful::bigint), 0),
+               coalesce(sum(sign * assets_generated::bigint), 0),
+               coalesce(sum(sign * latency_avg_ms::bigint), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+        FROM delta
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_key DO UPDATE SET
+            runs = r.runs + excluded.runs,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            tokens_in = r.tokens_in + excluded.tokens_in,
+            tokens_out = r.tokens_out + excluded.tokens_out,
+            agents_total = r.agents_total + excluded.agents_total,
+            agents_successful = r.agents_successful + excluded.agents_successful,
+            assets_generated = r.assets_generated + excluded.assets_generated,
+            latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+            latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+            latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+        RETURNING 1
+    ),
+    hist AS (
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+        FROM delta
+        WHERE latency_p95_ms IS NOT NULL
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        RETURNING 1
+    ),
+    rolled_daily AS (
+        INSERT INTO apex_metrics_panel_rollup_daily AS r (
+            day, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+            agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+            latency_p95_runs
+        )
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+               coalesce(sum(sign * tokens_in::bigint), 0),
+               coalesce(sum(sign * tokens_out::bigint), 0),
+               coalesce(sum(sign * agents_total::bigint), 0),
+               coalesce(sum(sign * agents_successful::bigint), 0),
+               coalesce(sum(sign * assets_generated::bigint), 0),
+               coalesce(sum(sign * latency_avg_ms::bigint), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+        FROM delta
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_daily_key DO UPDATE SET
+            runs = r.runs + excluded.runs,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            tokens_in = r.tokens_in + excluded.tokens_in,
+            tokens_out = r.tokens_out + excluded.tokens_out,
+            agents_total = r.agents_total + excluded.agents_total,
+            agents_successful = r.agents_successful + excluded.agents_successful,
+            assets_generated = r.assets_generated + excluded.assets_generated,
+            latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+            latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+            latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+        RETURNING 1
+    ),
+    hist_daily AS (
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+        FROM delta
+        WHERE latency_p95_ms IS NOT NULL
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
+         + (SELECT count(*) FROM rolled_daily) + (SELECT count(*) FROM hist_daily)
+    INTO changed;
     IF changed > 0 THEN
         PERFORM nextval('apex_metrics_panel_change_seq');
         PERFORM pg_notify('apex_metrics_panel', '');
@@ -387,21 +362,263 @@ BEGIN
 END;
 $fn$;
 
+-- Rows deleted by one statement.
+CREATE OR REPLACE FUNCTION apex_metrics_panel_rollup_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    changed bigint;
+BEGIN
+    WITH delta AS MATERIALIZED (
+        SELECT -1 AS sign, created_at, campaign_id, phase, cost_usd, tokens_in, tokens_out, agents_total,
+               agents_successful, assets_generated, latency_avg_ms, latency_p95_ms
+        FROM old_rows
+    ),
+    rolled AS (
+        INSERT INTO apex_metrics_panel_rollup AS r (
+            hour, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+            agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+            latency_p95_runs
+        )
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+               coalesce(sum(sign * tokens_in::bigint), 0),
+               coalesce(sum(sign * tokens_out::bigint), 0),
+               coalesce(sum(sign * agents_total::bigint), 0),
+               coalesce(sum(sign * agents_successful::bigint), 0),
+               coalesce(sum(sign * assets_generated::bigint), 0),
+               coalesce(sum(sign * latency_avg_ms::bigint), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+        FROM delta
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_key DO UPDATE SET
+            runs = r.runs + excluded.runs,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            tokens_in = r.tokens_in + excluded.tokens_in,
+            tokens_out = r.tokens_out + excluded.tokens_out,
+            agents_total = r.agents_total + excluded.agents_total,
+            agents_successful = r.agents_successful + excluded.agents_successful,
+            assets_generated = r.assets_generated + excluded.assets_generated,
+            latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+            latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+            latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+        RETURNING 1
+    ),
+    hist AS (
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+        FROM delta
+        WHERE latency_p95_ms IS NOT NULL
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        RETURNING 1
+    ),
+    rolled_daily AS (
+        INSERT INTO apex_metrics_panel_rollup_daily AS r (
+            day, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+            agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+            latency_p95_runs
+        )
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+               coalesce(sum(sign * tokens_in::bigint), 0),
+               coalesce(sum(sign * tokens_out::bigint), 0),
+               coalesce(sum(sign * agents_total::bigint), 0),
+               coalesce(sum(sign * agents_successful::bigint), 0),
+               coalesce(sum(sign * assets_generated::bigint), 0),
+               coalesce(sum(sign * latency_avg_ms::bigint), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+        FROM delta
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_daily_key DO UPDATE SET
+            runs = r.runs + excluded.runs,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            tokens_in = r.tokens_in + excluded.tokens_in,
+            tokens_out = r.tokens_out + excluded.tokens_out,
+            agents_total = r.agents_total + excluded.agents_total,
+            agents_successful = r.agents_successful + excluded.agents_successful,
+            assets_generated = r.assets_generated + excluded.assets_generated,
+            latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+            latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+            latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+        RETURNING 1
+    ),
+    hist_daily AS (
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+        FROM delta
+        WHERE latency_p95_ms IS NOT NULL
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
+         + (SELECT count(*) FROM rolled_daily) + (SELECT count(*) FROM hist_daily)
+    INTO changed;
+    IF changed > 0 THEN
+        PERFORM nextval('apex_metrics_panel_change_seq');
+        PERFORM pg_notify('apex_metrics_panel', '');
+    END IF;
+    RETURN NULL;
+END;
+$fn$;
+
+-- Rows updated by one statement: only those whose panel columns changed.
+CREATE OR REPLACE FUNCTION apex_metrics_panel_rollup_updated() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    changed bigint;
+BEGIN
+    WITH delta AS MATERIALIZED (
+        SELECT s.* FROM old_rows o JOIN new_rows n ON n.id = o.id
+        CROSS JOIN LATERAL (VALUES
+            (-1, o.created_at, o.campaign_id, o.phase, o.cost_usd, o.tokens_in, o.tokens_out,
+             o.agents_total, o.agents_successful, o.assets_generated, o.latency_avg_ms,
+             o.latency_p95_ms),
+            (1, n.created_at, n.campaign_id, n.phase, n.cost_usd, n.tokens_in, n.tokens_out,
+             n.agents_total, n.agents_successful, n.assets_generated, n.latency_avg_ms,
+             n.latency_p95_ms)
+        ) AS s(sign, created_at, campaign_id, phase, cost_usd, tokens_in, tokens_out,
+               agents_total, agents_successful, assets_generated, latency_avg_ms,
+               latency_p95_ms)
+        WHERE (o.created_at, o.campaign_id, o.phase, o.cost_usd, o.tokens_in, o.tokens_out,
+               o.agents_total, o.agents_successful, o.assets_generated, o.latency_avg_ms,
+               o.latency_p95_ms)
+              IS DISTINCT FROM
+              (n.created_at, n.campaign_id, n.phase, n.cost_usd, n.tokens_in, n.tokens_out,
+               n.agents_total, n.agents_successful, n.assets_generated, n.latency_avg_ms,
+               n.latency_p95_ms)
+    ),
+    rolled AS (
+        INSERT INTO apex_metrics_panel_rollup AS r (
+            hour, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+            agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+            latency_p95_runs
+        )
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+               coalesce(sum(sign * tokens_in::bigint), 0),
+               coalesce(sum(sign * tokens_out::bigint), 0),
+               coalesce(sum(sign * agents_total::bigint), 0),
+               coalesce(sum(sign * agents_successful::bigint), 0),
+               coalesce(sum(sign * assets_generated::bigint), 0),
+               coalesce(sum(sign * latency_avg_ms::bigint), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+        FROM delta
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_key DO UPDATE SET
+            runs = r.runs + excluded.runs,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            tokens_in = r.tokens_in + excluded.tokens_in,
+            tokens_out = r.tokens_out + excluded.tokens_out,
+            agents_total = r.agents_total + excluded.agents_total,
+            agents_successful = r.agents_successful + excluded.agents_successful,
+            assets_generated = r.assets_generated + excluded.assets_generated,
+            latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+            latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+            latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+        RETURNING 1
+    ),
+    hist AS (
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+        FROM delta
+        WHERE latency_p95_ms IS NOT NULL
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        RETURNING 1
+    ),
+    rolled_daily AS (
+        INSERT INTO apex_metrics_panel_rollup_daily AS r (
+            day, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
+            agents_successful, assets_generated, latency_avg_sum, latency_avg_runs,
+            latency_p95_runs
+        )
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               campaign_id, phase, sum(sign), coalesce(sum(sign * cost_usd), 0),
+               coalesce(sum(sign * tokens_in::bigint), 0),
+               coalesce(sum(sign * tokens_out::bigint), 0),
+               coalesce(sum(sign * agents_total::bigint), 0),
+               coalesce(sum(sign * agents_successful::bigint), 0),
+               coalesce(sum(sign * assets_generated::bigint), 0),
+               coalesce(sum(sign * latency_avg_ms::bigint), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_avg_ms IS NOT NULL), 0),
+               coalesce(sum(sign) FILTER (WHERE latency_p95_ms IS NOT NULL), 0)
+        FROM delta
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_daily_key DO UPDATE SET
+            runs = r.runs + excluded.runs,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            tokens_in = r.tokens_in + excluded.tokens_in,
+            tokens_out = r.tokens_out + excluded.tokens_out,
+            agents_total = r.agents_total + excluded.agents_total,
+            agents_successful = r.agents_successful + excluded.agents_successful,
+            assets_generated = r.assets_generated + excluded.assets_generated,
+            latency_avg_sum = r.latency_avg_sum + excluded.latency_avg_sum,
+            latency_avg_runs = r.latency_avg_runs + excluded.latency_avg_runs,
+            latency_p95_runs = r.latency_p95_runs + excluded.latency_p95_runs
+        RETURNING 1
+    ),
+    hist_daily AS (
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+               apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
+        FROM delta
+        WHERE latency_p95_ms IS NOT NULL
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
+         + (SELECT count(*) FROM rolled_daily) + (SELECT count(*) FROM hist_daily)
+    INTO changed;
+    IF changed > 0 THEN
+        PERFORM nextval('apex_metrics_panel_change_seq');
+        PERFORM pg_notify('apex_metrics_panel', '');
+    END IF;
+    RETURN NULL;
+END;
+$fn$;
+
+CREATE OR REPLACE FUNCTION apex_metrics_panel_rollup_truncated() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    TRUNCATE apex_metrics_panel_rollup, apex_metrics_panel_latency_hist,
+             apex_metrics_panel_rollup_daily, apex_metrics_panel_latency_hist_daily;
+    PERFORM nextval('apex_metrics_panel_change_seq');
+    PERFORM pg_notify('apex_metrics_panel', '');
+    RETURN NULL;
+END;
+$fn$;
+
 CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_insert
     AFTER INSERT ON campaign_metrics
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_inserted();
 
 CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_update
     AFTER UPDATE ON campaign_metrics
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_updated();
 
 CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_delete
     AFTER DELETE ON campaign_metrics
     REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_deleted();
 
 CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_truncate
     AFTER TRUNCATE ON campaign_metrics
-    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_apply();
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_truncated();

@@ -154,7 +154,20 @@ def _count(
 
 
 def count_rows(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
-    """``GET SET/$count``: a plain-text number (capped at 5,000 like ``$count``)."""
+    """``GET SET/$count``: a plain-text number (capped at 5,000 like ``$count``); with
+    ``$deltatoken``, the number of changes since that token."""
+    raw = request.option("$deltatoken")
+    if raw is not None:
+        since = _since(raw)
+        (changed,) = store.conn.execute(
+            f"SELECT COUNT(*) FROM {quote(entity.table)} WHERE versionnumber > ?", (since,)
+        ).fetchone()
+        (deleted,) = store.conn.execute(
+            "SELECT COUNT(*) FROM emu_deleted WHERE entity = ? AND versionnumber > ?",
+            (entity.logical_name, since),
+        ).fetchone()
+        total = str(int(changed) + int(deleted)).encode()
+        return ApiResponse(200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, total)
     where, params = "", []
     text = request.option("$filter")
     if text is not None:
@@ -165,6 +178,13 @@ def count_rows(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse
     return ApiResponse(
         200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, str(count).encode()
     )
+
+
+def _since(token: str) -> int:
+    match = _DELTA.match(token)
+    if match is None:
+        raise bad_request("The $deltatoken is not valid: use @odata.deltaLink as it is.")
+    return int(match.group(1))
 
 
 def _delta_token(version: int) -> str:
@@ -183,12 +203,7 @@ def _changes(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
             )
     select = parse_select(entity, request.option("$select"))
     raw = request.option("$deltatoken")
-    since = 0
-    if raw is not None:
-        match = _DELTA.match(raw)
-        if match is None:
-            raise bad_request("The $deltatoken is not valid: use @odata.deltaLink as it is.")
-        since = int(match.group(1))
+    since = 0 if raw is None else _since(raw)
     size = _page_size(request, COUNT_LIMIT) or COUNT_LIMIT
     token = request.option("$skiptoken")
     state: dict[str, Any] = {"o": 0, "v": store.version}

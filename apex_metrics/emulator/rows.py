@@ -287,11 +287,36 @@ def _wants_body(request: ApiRequest) -> bool:
     return request.prefer().get("return") == "representation"
 
 
+def _detects_duplicates(entity: Entity, request: ApiRequest) -> bool:
+    """Rule-based duplicate detection runs only when asked for and enabled on the table."""
+    header = request.header("mscrm.suppressduplicatedetection")
+    return entity.duplicate_detection and (header or "").strip().lower() == "false"
+
+
+def check_duplicates(
+    store: Store, entity: Entity, clean: dict[str, Any], row_id: str | None
+) -> None:
+    """The emulator's one duplicate detection rule: same primary name (ignoring case)."""
+    name = entity.primary_name
+    if name is None or clean.get(name) is None:
+        return
+    twin = store.fetch_one(entity, {name: clean[name]})
+    if twin is not None and twin[entity.primary_id] != row_id:
+        raise ApiError(
+            500,
+            "0x80040333",
+            "A record was not created or updated because a duplicate of the current record"
+            " already exists.",
+        )
+
+
 def create(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
     """POST SET: 204 + OData-EntityId, or 201 + the row with return=representation."""
     clean = check_body(entity, request.json())
     select = parse_select(entity, request.option("$select"))
     row_id = clean.pop(entity.primary_id, None)
+    if _detects_duplicates(entity, request):
+        check_duplicates(store, entity, clean, row_id)
     with store.atomic():
         row = RowWriter(store, entity, request.caller.user_id).insert(clean, row_id)
     location = _entity_uri(request, entity, row[entity.primary_id])
@@ -324,8 +349,9 @@ def upsert(store: Store, entity: Entity, target: Target, request: ApiRequest) ->
     if_none_match = request.header("if-none-match")
     with store.atomic():
         row, created = apply_upsert(
-            store, entity, target, clean, request.caller.user_id, if_match, if_none_match
-        )
+            store, entity, target, clean, request.caller.user_id, if_match, if_none_match,
+            detect_duplicates=_detects_duplicates(entity, request),
+        )  # fmt: skip
     location = _entity_uri(request, entity, target.text)
     if _wants_body(request):
         status = 201 if created else 200
@@ -341,10 +367,14 @@ def apply_upsert(
     user_id: str,
     if_match: str | None = None,
     if_none_match: str | None = None,
+    *,
+    detect_duplicates: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Upsert one row inside the caller's transaction; returns (row, created)."""
     writer = RowWriter(store, entity, user_id)
     old = store.fetch_one(entity, target.where(entity))
+    if detect_duplicates:
+        check_duplicates(store, entity, clean, old[entity.primary_id] if old else target.row_id)
     if if_none_match is not None and if_none_match.strip() == "*" and old is not None:
         raise ApiError(412, "", "A record with matching key values already exists.")
     if if_match is not None:

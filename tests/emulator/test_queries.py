@@ -203,6 +203,9 @@ def test_change_tracking_with_delta_links(client: httpx.Client, table: str) -> N
     client.patch(f"{SET}(apex_runid='new')", json={})
     gone = client.get(f"{SET}(apex_runid='run-00002')").json()["apex_campaignmetricsid"]
     client.delete(f"{SET}({gone})")
+    token = parse_qs(urlsplit(delta).query)["$deltatoken"][0]
+    counted = client.get(f"{SET}/$count", params={"$deltatoken": token})
+    assert counted.text == "3"
     changes = client.get(delta).json()
     assert changes["@odata.context"].endswith("/$delta")
     changed = [r.get("apex_runid") for r in changes["value"] if "reason" not in r]

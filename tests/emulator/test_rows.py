@@ -237,3 +237,21 @@ def test_oversized_payload_is_413(emulator: RunningEmulator, client: httpx.Clien
         )
     finally:
         connection.close()
+
+
+def test_duplicate_detection_when_asked_for(client: httpx.Client, table: str) -> None:
+    flags = {"IsDuplicateDetectionEnabled": {"Value": True}}
+    client.put("EntityDefinitions(LogicalName='apex_campaignmetrics')", json=flags)
+    check = {"MSCRM.SuppressDuplicateDetection": "false"}
+    assert client.post(SET, json={"apex_name": "Same", "apex_runid": "d1"}).status_code == 204
+    twin = client.post(SET, json={"apex_name": "same", "apex_runid": "d2"}, headers=check)
+    status, code, message = error_of(twin)
+    assert (status, code) == (500, "0x80040333")
+    assert message.startswith("A record was not created or updated because a duplicate")
+    upsert = client.patch(f"{SET}(apex_runid='d3')", json={"apex_name": "SAME"}, headers=check)
+    assert upsert.status_code == 500
+    itself = client.patch(f"{SET}(apex_runid='d1')", json={"apex_name": "Same"}, headers=check)
+    assert itself.status_code == 204  # a row is no duplicate of itself
+    # Without the header, Web API writes are not checked (the default).
+    assert client.post(SET, json={"apex_name": "Same", "apex_runid": "d4"}).status_code == 204
+    assert len(client.get(SET).json()["value"]) == 2

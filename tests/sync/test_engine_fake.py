@@ -259,3 +259,16 @@ async def test_a_value_python_cannot_load_does_not_block_the_queue(database_url:
     assert stats.created == 5  # the fake accepts it; Dataverse would dead-letter it (400)
     assert sink.rows["run-2"]["apex_createdat"] == "12000-01-01T00:00:00Z"
     assert sink.rows["run-1"]["apex_createdat"] == "2026-01-01T00:00:01Z"
+
+
+async def test_run_history_keeps_the_retention_window(database_url: str) -> None:
+    await execute(
+        database_url,
+        "INSERT INTO sync_runs (worker, started_at, ended_at) VALUES "
+        "('old', now() - interval '40 days', now() - interval '40 days'), "
+        "('recent', now() - interval '2 days', now() - interval '2 days')",
+    )
+    await insert_rows(database_url, 3)
+    await run_once(database_url, FakeSink())  # retention 30 days (default)
+    workers = [r[0] for r in await execute(database_url, "SELECT worker FROM sync_runs")]
+    assert "old" not in workers and "recent" in workers and len(workers) == 2

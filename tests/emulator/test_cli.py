@@ -124,3 +124,18 @@ def test_sqlite_file_survives_a_restart(tmp_path: Path) -> None:
         assert len(set(versions)) == 2  # the version counter went on from where it was
         keys = again.get("EntityDefinitions(LogicalName='apex_campaignmetrics')/Keys").json()
         assert keys["value"][0]["EntityKeyIndexStatus"] == "Active"
+
+
+def test_cli_fault_flags() -> None:
+    port = free_port()
+    args = ("--port", str(port), "--json", "--fail-503", "1", "--requests-per-window", "5")
+    with cli_emulator(*args) as (info, _):
+        emu = RunningEmulator(info["url"], None, EmulatorConfig())
+        with api_client(emu) as client:
+            answer = client.get("WhoAmI")
+            assert answer.status_code == 503
+            faults = httpx.get(f"{info['url']}/_emulator/faults", timeout=10).json()
+            assert faults["error_503_rate"] == 1.0
+            httpx.put(f"{info['url']}/_emulator/faults", json={}, timeout=10)
+            statuses = [client.get("WhoAmI").status_code for _ in range(6)]
+            assert statuses == [200] * 5 + [429]

@@ -207,6 +207,7 @@ class Worker:
         self._account(summary, settled.acked, settled.requeued, settled.dead, settled.lost_lease)
         if settled.dead_keys:
             self.stats.dead_keys.extend(settled.dead_keys[:100])
+            del self.stats.dead_keys[:-100]  # the latest 100: a daemon must not grow forever
             log.warning(
                 "dead-lettered %d row(s): %s",
                 settled.dead,

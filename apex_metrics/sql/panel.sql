@@ -188,10 +188,10 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: filter_options
--- Campaigns and phases seen in the last 90 days of the rollup (for the filter lists).
+-- Campaigns and phases seen in the last 90 days of the daily rollup (for the filter lists).
 SELECT campaign_id, phase
-FROM apex_metrics_panel_rollup
-WHERE hour >= now() - interval '90 days' AND runs > 0
+FROM apex_metrics_panel_rollup_daily
+WHERE day >= now() - interval '90 days' AND runs > 0
 GROUP BY campaign_id, phase
 ORDER BY campaign_id, phase
 LIMIT 5000;

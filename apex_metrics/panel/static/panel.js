@@ -30,7 +30,10 @@
     return q.toString();
   }
 
-  function toInput(iso) { return iso ? iso.replace(/(:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$/, "$1").slice(0, 16) : ""; }
+  function toInput(iso) {   // any ISO 8601 instant -> "YYYY-MM-DDTHH:MM" in UTC
+    const t = iso ? Date.parse(iso) : NaN;
+    return Number.isNaN(t) ? "" : new Date(t).toISOString().slice(0, 16);
+  }
   function fromInput(v) { return v ? v + ":00Z" : ""; }
 
   function showFilters(f) {

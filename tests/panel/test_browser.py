@@ -229,3 +229,39 @@ def test_dataverse_source_shows_synced_runs_live(
         finally:
             h.stop_server(server, thread)
     assert errors == []
+
+
+def test_login_then_live_page_with_a_token(
+    h: Any, seeded_url: str, page: tuple[Page, list[str]]
+) -> None:
+    from pydantic import SecretStr
+
+    from apex_metrics.panel.app import PanelConfig
+
+    tab, errors = page
+    config = PanelConfig(source="postgres", database_url=seeded_url, token=SecretStr(h.TOKEN),
+                         watch_interval=0.5)  # fmt: skip
+    port = h.free_port()
+    server, thread = h.start_server(config, port)
+    try:
+        tab.goto(f"http://127.0.0.1:{port}/?window=24h")
+        assert "/login?next=" in tab.url
+        tab.fill('input[name="token"]', "wrong")
+        tab.click('button[type="submit"]')
+        assert tab.text_content(".error") == "Wrong token."
+        tab.fill('input[name="token"]', h.TOKEN)
+        tab.click('button[type="submit"]')
+        tab.wait_for_url(f"http://127.0.0.1:{port}/?window=24h", timeout=WAIT_MS)
+        wait_refresh(tab, 0)
+        tab.wait_for_selector('#status[data-state="live"]', timeout=WAIT_MS)
+        check_tiles(h, tab, seeded_url, None, None)
+        cookies = tab.context.cookies()
+        assert [c["httpOnly"] for c in cookies] == [True]
+        assert all(h.TOKEN not in c["value"] for c in cookies)
+        assert h.TOKEN not in tab.content()
+        insert_run(h, seeded_url, "after-login")
+        tab.wait_for_selector('#runs tr[data-run="after-login"]', timeout=2_000)
+    finally:
+        h.stop_server(server, thread)
+    # The wrong token's 401 answer is the only console error.
+    assert all("401" in e for e in errors), errors

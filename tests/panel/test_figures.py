@@ -173,6 +173,18 @@ async def test_rollup_tracks_inserts_updates_and_deletes(seeded_url: str) -> Non
         conn.execute("UPDATE campaign_metrics SET created_at = created_at - interval '5 hours',"
                      " latency_p95_ms = NULL WHERE id % 13 = 0")  # fmt: skip
         conn.execute("DELETE FROM campaign_metrics WHERE id % 17 = 0")
+        # Upserts (INSERT … ON CONFLICT DO UPDATE, as the recorder writes) fire both the insert
+        # and the update trigger, each with its own rows.
+        conn.execute(
+            "INSERT INTO campaign_metrics (campaign_id, run_id, phase, cost_usd, latency_p95_ms,"
+            " created_at) SELECT campaign_id || '-x', run_id, phase, cost_usd * 2, 77,"
+            " created_at - interval '1 day' FROM campaign_metrics WHERE id % 5 = 0"
+            " UNION ALL SELECT 'fresh', 'fresh-' || g, NULL, 1, 900, now() - g * interval '1 hour'"
+            " FROM generate_series(1, 30) g"
+            " ON CONFLICT (run_id) DO UPDATE SET campaign_id = EXCLUDED.campaign_id,"
+            " cost_usd = EXCLUDED.cost_usd, latency_p95_ms = EXCLUDED.latency_p95_ms,"
+            " created_at = EXCLUDED.created_at"
+        )
         conn.commit()
         seq_mid = conn.execute("SELECT last_value FROM apex_metrics_panel_change_seq").fetchone()
         # Sync bookkeeping changes nothing the panel reads: no rollup write, no change event.

@@ -93,7 +93,7 @@ class ApiResponse:
 
 
 def dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_default).encode()
+    return _ENCODER.encode(data).encode()
 
 
 def _default(value: Any) -> Any:
@@ -102,12 +102,16 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
 def parse_prefer(header: str | None) -> dict[str, str]:
     """``Prefer`` preferences: name (lower case) -> value ("" when it has none)."""
     result: dict[str, str] = {}
     if not header:
         return result
-    for item in _split_outside_quotes(header, ","):
+    items = _split_outside_quotes(header, ",") if '"' in header else header.split(",")
+    for item in items:
         name, _, value = item.partition("=")
         name = name.strip().lower()
         if name:
@@ -131,6 +135,11 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
     return parts
 
 
+def _pair(item: str) -> tuple[str, str]:
+    name, _, value = item.partition("=")
+    return name, value
+
+
 def split_target(target: str, base: str) -> tuple[str, list[tuple[str, str]]] | None:
     """Path below the service root and query pairs of an absolute or relative URL.
 
@@ -147,7 +156,10 @@ def split_target(target: str, base: str) -> tuple[str, list[tuple[str, str]]] | 
             return None
         path = path[match.end() :]
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, errors="strict")
+        if "%" in query or "+" in query:
+            pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+        else:  # nothing to decode: split it directly (the common case inside a batch)
+            pairs = [_pair(item) for item in query.split("&") if item]
     except (UnicodeDecodeError, ValueError):
         raise bad_request("The query string is not valid URL-encoded UTF-8.") from None
     return unquote(path, errors="strict"), pairs

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
@@ -162,15 +162,10 @@ class Store:
         else:
             self.conn.execute(f"RELEASE {name}")
 
-    @contextmanager
-    def atomic(self) -> Iterator[None]:
+    def atomic(self) -> AbstractContextManager[None]:
         """A transaction when none is open; inside one, nothing (for single-row writes, whose
         only failing step is their one statement, so they leave nothing half-written)."""
-        if self._depth:
-            yield
-        else:
-            with self.transaction():
-                yield
+        return nullcontext() if self._depth else self.transaction()
 
     def next_version(self) -> int:
         self.version += 1

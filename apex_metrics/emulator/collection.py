@@ -123,7 +123,7 @@ def list_rows(store: Store, entity: Entity, request: ApiRequest, limit: int) -> 
     )
     names = [d[0] for d in cursor.description]
     rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
-    more = len(rows) > take
+    more = len(rows) > take and (top is None or offset + take < top)
     rows = rows[:take]
     body: dict[str, Any] = {"@odata.context": _context(request, entity, select, False)}
     headers: dict[str, str] = {}

@@ -220,3 +220,11 @@ def test_change_tracking_with_delta_links(client: httpx.Client, table: str) -> N
     )
     assert refused.status_code == 400
     assert "isn't supported when Change Tracking is enabled" in refused.json()["error"]["message"]
+
+
+def test_top_without_page_size_has_no_next_link(client: httpx.Client, table: str) -> None:
+    load(client, 5)
+    for top, expected in (("0", 0), ("2", 2), ("9", 5)):
+        body = client.get(SET, params={"$top": top, "$select": "apex_runid"}).json()
+        assert len(body["value"]) == expected
+        assert "@odata.nextLink" not in body

@@ -190,6 +190,14 @@ def create_app(
     return app
 
 
+def end_streams(app: FastAPI) -> None:
+    """End every open ``/api/events`` stream within a second (call before stopping uvicorn:
+    it waits for open connections before it runs the lifespan shutdown)."""
+    panel = getattr(app.state, "panel", None)
+    if panel is not None:
+        panel.closing = True
+
+
 async def serve(config: PanelConfig) -> None:
     """Serve the panel until interrupted (``apex-metrics panel``)."""
     check_bind(config.host, config.token)
@@ -205,10 +213,7 @@ async def _serve(app: FastAPI, config: PanelConfig) -> None:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            # End the open event streams first, so that shutdown does not wait for them.
-            panel = getattr(app.state, "panel", None)
-            if panel is not None:
-                panel.closing = True
+            end_streams(app)  # so that shutdown does not wait for open event streams
             super().handle_exit(sig, frame)
 
     server = Server(
@@ -220,4 +225,4 @@ async def _serve(app: FastAPI, config: PanelConfig) -> None:
     await server.serve()
 
 
-__all__ = ["CSP", "PanelConfig", "create_app", "serve"]
+__all__ = ["CSP", "PanelConfig", "create_app", "end_streams", "serve"]

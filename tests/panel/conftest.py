@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
-from apex_metrics.panel.app import PanelConfig, create_app
+from apex_metrics.panel.app import PanelConfig, create_app, end_streams
 
 CAMPAIGNS = ("spring-launch", "q4-retention", "o'brien test", "eu-rollout")
 PHASES = ("1", "2", "2-3", None)
@@ -225,9 +225,7 @@ def start_server(config: PanelConfig, port: int) -> tuple[uvicorn.Server, thread
 
 
 def stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
-    panel = getattr(server.config.app.state, "panel", None)
-    if panel is not None:
-        panel.closing = True  # what serve()'s signal handler does: end event streams
+    end_streams(server.config.app)  # what serve()'s signal handler does
     server.should_exit = True
     thread.join(timeout=15)
     assert not thread.is_alive(), "the panel did not stop"

@@ -163,7 +163,10 @@ def _literal_value(node: ast._Node, attr: Attribute) -> Any:
     kind = attr.kind
     if kind in _NUMERIC:
         if isinstance(node, ast.Integer):
-            return int(node.val)
+            number = int(node.val)
+            if not -(2**63) <= number < 2**63:
+                raise bad_request(f"The number {node.val[:40]} in $filter is out of range.")
+            return number
         if isinstance(node, ast.Float):
             return float(node.val)
     elif kind in _TEXT:
@@ -244,8 +247,11 @@ def read_skiptoken(text: str) -> dict[str, Any]:
         if match is None or page is None:
             raise ValueError
         state = json.loads(base64.urlsafe_b64decode(unquote(match.group(1)).encode()))
-        if not isinstance(state, dict) or not isinstance(state.get("o"), int) or state["o"] < 0:
+        if not isinstance(state, dict) or "o" not in state:
             raise ValueError
+        for value in state.values():  # offsets and versions: small non-negative integers
+            if type(value) is not int or not 0 <= value < 2**53:
+                raise ValueError
         state["page"] = int(page.group(1))
         return state
     except (ValueError, binascii.Error, UnicodeDecodeError):

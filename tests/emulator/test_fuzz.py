@@ -30,7 +30,8 @@ FUZZ = settings(
 COLUMNS = ["apex_runid", "apex_tokensin", "apex_costusd", "apex_createdat", "apex_nope", "x"]
 TOKENS = [
     " ", "eq", "ne", "gt", "ge", "lt", "le", "and", "or", "not", "(", ")", ",", "'", "''",
-    "null", "true", "1", "-2.5", "2024-01-01T00:00:00Z", "2024-01-01", "'a%_\\'",
+    "null", "true", "1", "-2.5", "99999999999999999999999", "1e999",
+    "2024-01-01T00:00:00Z", "2024-01-01", "'a%_\\'",
     "contains(", "startswith(", "endswith(", "tolower(", "in", "[", "]", "$", "/", "any(",
     "00000000-0000-0000-0000-000000000001", "Microsoft.Dynamics.CRM.In(", "=",
 ]  # fmt: skip

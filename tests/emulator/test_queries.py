@@ -79,6 +79,7 @@ def test_select_filter_orderby_top(client: httpx.Client, table: str) -> None:
         ({"$skip": "10"}, "$skip"),
         ({"$skiptoken": "garbage"}, "$skiptoken"),
         ({"fetchXml": "<fetch/>"}, "fetchXml"),
+        ({"$filter": "apex_tokensin eq 99999999999999999999999"}, "out of range"),
     ],
 )
 def test_bad_query_options_are_400(

@@ -102,8 +102,8 @@ class PostgresSource:
             return await cur.fetchall()
 
     async def totals(self, filters: Filters, window: Window) -> Totals:
-        # The latency histogram has no campaign/phase: filtered p95s read raw rows.
-        filtered = filters.campaign is not None or filters.phase is not None
+        # The latency histograms have no campaign: such p95s read raw rows.
+        filtered = filters.campaign is not None
         sums, p95 = await asyncio.gather(
             self._fetch("totals", self._args(filters, window)),
             self._fetch("latency_p95", self._args(filters, window, raw=filtered)),
@@ -112,7 +112,7 @@ class PostgresSource:
 
     async def series(self, filters: Filters, width: int) -> Series:
         window = filters.window
-        filtered = filters.campaign is not None or filters.phase is not None
+        filtered = filters.campaign is not None
         rollup = width % 3600 == 0
         days = width % 86400 == 0
         sums_args = self._args(filters, window, raw=not rollup, days=days)

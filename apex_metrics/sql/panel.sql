@@ -4,7 +4,7 @@
 -- the other full hours [h1, d1) and [d2, h2) from the hourly rollup, and the partial edge hours
 -- [start, h1) and [h2, end) from raw rows (kpis.Window.tiers computes the bounds). Passing
 -- d1 = d2 = h2 skips the daily tier; h1 = h2 = d1 = d2 = end reads raw rows only (short
--- windows, the benchmark's raw mode, or filters the latency histograms cannot serve).
+-- windows, the benchmark's raw mode, or a campaign filter, which the latency histograms cannot serve).
 -- campaign and phase are optional filters (NULL = all).
 
 -- name: totals
@@ -41,14 +41,16 @@ FROM parts;
 
 -- name: latency_p95
 -- p95 of the runs' latency_p95_ms, read from the latency histograms: the upper edge of the first
--- bucket where at least 95 percent of the runs lie. The histograms have no campaign or phase:
--- with a filter the caller reads raw rows only.
+-- bucket where at least 95 percent of the runs lie. The histograms have a phase but no campaign:
+-- with a campaign filter the caller reads raw rows only.
 WITH hist AS (
     SELECT bucket, runs FROM apex_metrics_panel_latency_hist_daily
     WHERE day >= %(d1)s AND day < %(d2)s
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
     UNION ALL
     SELECT bucket, runs FROM apex_metrics_panel_latency_hist
     WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
     UNION ALL
     SELECT apex_metrics_latency_bucket(latency_p95_ms), 1
     FROM campaign_metrics
@@ -112,10 +114,12 @@ WITH hist AS (
     SELECT date_bin(make_interval(secs => %(width)s), day, timestamptz '2000-01-01 00:00:00+00') AS tb,
            bucket, runs FROM apex_metrics_panel_latency_hist_daily
     WHERE day >= %(d1)s AND day < %(d2)s
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
     UNION ALL
     SELECT date_bin(make_interval(secs => %(width)s), hour, timestamptz '2000-01-01 00:00:00+00'),
            bucket, runs FROM apex_metrics_panel_latency_hist
     WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
+      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
     UNION ALL
     SELECT date_bin(make_interval(secs => %(width)s), created_at, timestamptz '2000-01-01 00:00:00+00'), apex_metrics_latency_bucket(latency_p95_ms), 1
     FROM campaign_metrics

@@ -217,16 +217,20 @@ CREATE TABLE IF NOT EXISTS apex_metrics_panel_rollup_daily (
 
 CREATE TABLE IF NOT EXISTS apex_metrics_panel_latency_hist_daily (
     day timestamptz NOT NULL,
+    phase varchar(16),
     bucket smallint NOT NULL,
     runs bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, bucket)
+    CONSTRAINT apex_metrics_panel_latency_hist_daily_key
+        UNIQUE NULLS NOT DISTINCT (day, phase, bucket)
 );
 
 CREATE TABLE IF NOT EXISTS apex_metrics_panel_latency_hist (
     hour timestamptz NOT NULL,
+    phase varchar(16),
     bucket smallint NOT NULL,
     runs bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, bucket)
+    CONSTRAINT apex_metrics_panel_latency_hist_key
+        UNIQUE NULLS NOT DISTINCT (hour, phase, bucket)
 );
 
 CREATE SEQUENCE IF NOT EXISTS apex_metrics_panel_change_seq;
@@ -298,14 +302,14 @@ BEGIN
         RETURNING 1
     ),
     hist AS (
-        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, phase, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     ),
     rolled_daily AS (
@@ -341,14 +345,14 @@ BEGIN
         RETURNING 1
     ),
     hist_daily AS (
-        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
-        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, phase, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_daily_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
@@ -406,14 +410,14 @@ BEGIN
         RETURNING 1
     ),
     hist AS (
-        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, phase, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     ),
     rolled_daily AS (
@@ -449,14 +453,14 @@ BEGIN
         RETURNING 1
     ),
     hist_daily AS (
-        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
-        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, phase, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_daily_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
@@ -529,14 +533,14 @@ BEGIN
         RETURNING 1
     ),
     hist AS (
-        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, phase, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     ),
     rolled_daily AS (
@@ -572,14 +576,14 @@ BEGIN
         RETURNING 1
     ),
     hist_daily AS (
-        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
-        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, phase, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_daily_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)

@@ -161,10 +161,11 @@ async def test_rollup_tracks_inserts_updates_and_deletes(seeded_url: str) -> Non
         FROM apex_metrics_panel_rollup
     """
     hist = """
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), count(*)
-        FROM campaign_metrics WHERE latency_p95_ms IS NOT NULL GROUP BY 1, 2
-        EXCEPT SELECT hour, bucket, runs FROM apex_metrics_panel_latency_hist WHERE runs > 0
+        FROM campaign_metrics WHERE latency_p95_ms IS NOT NULL GROUP BY 1, 2, 3
+        EXCEPT SELECT hour, phase, bucket, runs FROM apex_metrics_panel_latency_hist
+        WHERE runs > 0
     """
     with psycopg.connect(seeded_url) as conn:
         seq_before = conn.execute("SELECT last_value FROM apex_metrics_panel_change_seq").fetchone()
@@ -193,6 +194,8 @@ async def test_rollup_tracks_inserts_updates_and_deletes(seeded_url: str) -> Non
         seq_after = conn.execute("SELECT last_value FROM apex_metrics_panel_change_seq").fetchone()
         assert conn.execute(compare).fetchall() == []
         assert conn.execute(hist).fetchall() == []
+        reverse = hist.split("EXCEPT")
+        assert conn.execute(reverse[1] + " EXCEPT " + reverse[0]).fetchall() == []
         daily = compare.replace("'1 hour'", "'1 day'").replace("SELECT hour,", "SELECT day,")
         daily = daily.replace("apex_metrics_panel_rollup", "apex_metrics_panel_rollup_daily")
         assert conn.execute(daily).fetchall() == []

@@ -3,10 +3,10 @@
 --
 -- apex_metrics_panel_rollup      (hour, campaign_id, phase) -> sums (never averages)
 -- apex_metrics_panel_rollup_daily (day, campaign_id, phase) -> the same sums per UTC day
--- apex_metrics_panel_latency_hist (hour, bucket) -> runs: a histogram of latency_p95_ms in
+-- apex_metrics_panel_latency_hist (hour, phase, bucket) -> runs: a histogram of latency_p95_ms in
 --                                 log-linear buckets (exact below 64 ms, 32 sub-buckets per
 --                                 power of two above: each bucket spans at most 1/32 of its value)
--- apex_metrics_panel_latency_hist_daily (day, bucket) -> runs: the same per UTC day
+-- apex_metrics_panel_latency_hist_daily (day, phase, bucket) -> runs: the same per UTC day
 -- apex_metrics_panel_change_seq  bumped by every statement that changes what the panel shows
 -- NOTIFY apex_metrics_panel      sent (at commit) by the same statements
 
@@ -47,16 +47,20 @@ CREATE TABLE IF NOT EXISTS apex_metrics_panel_rollup_daily (
 
 CREATE TABLE IF NOT EXISTS apex_metrics_panel_latency_hist_daily (
     day timestamptz NOT NULL,
+    phase varchar(16),
     bucket smallint NOT NULL,
     runs bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, bucket)
+    CONSTRAINT apex_metrics_panel_latency_hist_daily_key
+        UNIQUE NULLS NOT DISTINCT (day, phase, bucket)
 );
 
 CREATE TABLE IF NOT EXISTS apex_metrics_panel_latency_hist (
     hour timestamptz NOT NULL,
+    phase varchar(16),
     bucket smallint NOT NULL,
     runs bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, bucket)
+    CONSTRAINT apex_metrics_panel_latency_hist_key
+        UNIQUE NULLS NOT DISTINCT (hour, phase, bucket)
 );
 
 CREATE SEQUENCE IF NOT EXISTS apex_metrics_panel_change_seq;
@@ -128,14 +132,14 @@ BEGIN
         RETURNING 1
     ),
     hist AS (
-        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, phase, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     ),
     rolled_daily AS (
@@ -171,14 +175,14 @@ BEGIN
         RETURNING 1
     ),
     hist_daily AS (
-        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
-        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, phase, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_daily_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
@@ -236,14 +240,14 @@ BEGIN
         RETURNING 1
     ),
     hist AS (
-        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, phase, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     ),
     rolled_daily AS (
@@ -279,14 +283,14 @@ BEGIN
         RETURNING 1
     ),
     hist_daily AS (
-        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
-        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, phase, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_daily_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
@@ -359,14 +363,14 @@ BEGIN
         RETURNING 1
     ),
     hist AS (
-        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, bucket, runs)
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist AS h (hour, phase, bucket, runs)
+        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (hour, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     ),
     rolled_daily AS (
@@ -402,14 +406,14 @@ BEGIN
         RETURNING 1
     ),
     hist_daily AS (
-        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, bucket, runs)
-        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'),
+        INSERT INTO apex_metrics_panel_latency_hist_daily AS h (day, phase, bucket, runs)
+        SELECT date_bin('1 day', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
                apex_metrics_latency_bucket(latency_p95_ms), sum(sign)
         FROM delta
         WHERE latency_p95_ms IS NOT NULL
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-        ON CONFLICT (day, bucket) DO UPDATE SET runs = h.runs + excluded.runs
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_daily_key DO UPDATE SET runs = h.runs + excluded.runs
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM rolled) + (SELECT count(*) FROM hist)
@@ -468,13 +472,13 @@ FROM campaign_metrics
 GROUP BY 1, 2, 3
 ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_key DO NOTHING;
 
-INSERT INTO apex_metrics_panel_latency_hist (hour, bucket, runs)
-SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
+INSERT INTO apex_metrics_panel_latency_hist (hour, phase, bucket, runs)
+SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
        apex_metrics_latency_bucket(latency_p95_ms), count(*)
 FROM campaign_metrics
 WHERE latency_p95_ms IS NOT NULL
-GROUP BY 1, 2
-ON CONFLICT (hour, bucket) DO NOTHING;
+GROUP BY 1, 2, 3
+ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_key DO NOTHING;
 
 INSERT INTO apex_metrics_panel_rollup_daily (
     day, campaign_id, phase, runs, cost_usd, tokens_in, tokens_out, agents_total,
@@ -488,8 +492,8 @@ FROM apex_metrics_panel_rollup
 GROUP BY 1, 2, 3
 ON CONFLICT ON CONSTRAINT apex_metrics_panel_rollup_daily_key DO NOTHING;
 
-INSERT INTO apex_metrics_panel_latency_hist_daily (day, bucket, runs)
-SELECT date_bin('1 day', hour, timestamptz '2000-01-01 00:00:00+00'), bucket, sum(runs)
+INSERT INTO apex_metrics_panel_latency_hist_daily (day, phase, bucket, runs)
+SELECT date_bin('1 day', hour, timestamptz '2000-01-01 00:00:00+00'), phase, bucket, sum(runs)
 FROM apex_metrics_panel_latency_hist
-GROUP BY 1, 2
-ON CONFLICT (day, bucket) DO NOTHING;
+GROUP BY 1, 2, 3
+ON CONFLICT ON CONSTRAINT apex_metrics_panel_latency_hist_daily_key DO NOTHING;

@@ -98,7 +98,7 @@ async def wait_visible(reader: Any, key: str, t0: float, timeout: float = 30) ->
         )
         if row is not None:
             return time.perf_counter() - t0
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.003)  # resolution vs. read load on the emulator
     raise TimeoutError(f"{key} not visible after {timeout}s")
 
 

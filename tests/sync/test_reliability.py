@@ -184,7 +184,7 @@ async def test_3_terminated_backends(stack: Stack) -> None:
         terminated=terminated,
         db_errors=stats.db_errors,
     )
-    assert terminated >= 8
+    assert terminated >= 4  # backends really died under the engine, again and again
 
 
 async def test_4_rows_updated_while_in_flight(stack: Stack) -> None:

@@ -60,6 +60,7 @@ class Engine:
         self.id = process_id()
         self.listening = asyncio.Event()
         self._wakes: list[asyncio.Event] = []
+        self._workers: list[Worker] = []
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -68,6 +69,15 @@ class Engine:
     def wake_all(self) -> None:
         for event in self._wakes:
             event.set()
+
+    def wake_one(self) -> None:
+        """Wake one idle worker; when none is idle, flag every worker so that none goes to
+        sleep right after an empty claim that raced with the new rows."""
+        for worker in self._workers:
+            if worker.idle:
+                worker.wake.set()
+                return
+        self.wake_all()
 
     async def run(self, *, handle_signals: bool = False) -> EngineStats:
         loop = asyncio.get_running_loop()
@@ -121,8 +131,10 @@ class Engine:
                     wake=wake,
                     stats=self.stats,
                     metrics=self.metrics,
+                    recruit=self.wake_one,
                 )
             )
+        self._workers = workers
         side: list[asyncio.Task[None]] = []
         if self.config.listen and not self.config.worker.once:
             side.append(
@@ -131,6 +143,7 @@ class Engine:
                         self.config.database_url,
                         self.wake_all,
                         self.stop,
+                        wake_one=self.wake_one,
                         on_connect=self.listening.set,
                     ),
                     name="apex-sync-listener",

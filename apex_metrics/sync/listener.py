@@ -1,4 +1,4 @@
-"""LISTEN on a dedicated autocommit connection; wake every worker on each notification.
+"""LISTEN on a dedicated autocommit connection; wake workers on each notification.
 
 A notification is only a hint: polling is what guarantees progress. The connection is
 re-opened after any failure (and every worker is woken then, since notifications sent while it
@@ -23,6 +23,7 @@ async def listen(
     wake_all: Callable[[], None],
     stop: asyncio.Event,
     *,
+    wake_one: Callable[[], None] | None = None,
     keepalive: float = 30.0,
     on_connect: Callable[[], None] | None = None,
 ) -> None:
@@ -40,8 +41,13 @@ async def listen(
                 wake_all()
                 delay = 0.2
                 while not stop.is_set():
-                    async for _ in conn.notifies(timeout=keepalive):
-                        wake_all()
+                    async for notice in conn.notifies(timeout=keepalive):
+                        # A few ids: one worker (it recruits more when its batch is full);
+                        # a burst ({"more": true}) or an unknown payload: everyone.
+                        if wake_one is not None and '"ids"' in notice.payload:
+                            wake_one()
+                        else:
+                            wake_all()
                         if stop.is_set():
                             break
                     await conn.execute("SELECT 1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,8 @@ class Worker:
     wake: asyncio.Event
     stats: EngineStats
     metrics: SyncMetrics
+    recruit: Callable[[], None] | None = None  # wake another worker: this batch was full
+    idle: bool = False  # waiting for a NOTIFY or the poll interval
     _seq: int = 0
 
     async def run(self) -> None:
@@ -132,10 +134,13 @@ class Worker:
 
     async def _idle(self, seconds: float, *, wakeable: bool = True) -> None:
         event = self.wake if wakeable else self.stop
+        self.idle = wakeable
         try:
             await asyncio.wait_for(event.wait(), timeout=seconds)
         except TimeoutError:
             pass
+        finally:
+            self.idle = False
 
     async def run_batch(self) -> int:
         """Claim one batch, send it, settle it. Returns the number of rows claimed."""
@@ -149,6 +154,8 @@ class Worker:
         )
         if claim is None:
             return 0
+        if len(claim.rows) >= self.config.batch_size and self.recruit is not None:
+            self.recruit()  # more is probably waiting: bring an idle worker in
         started = time.perf_counter()
         self.stats.batches += 1
         self.stats.claimed += len(claim.rows)

@@ -5,7 +5,8 @@ For each ``--rows`` count: a fresh database (migrated), ``N`` runs generated ser
 rollup as it would in production), 200 campaigns x 4 phases, spread evenly over the last 60 days
 in time order (so both a 30-day window and its previous window hold data). Then ``GET /api/kpis``
 (in process, through the real app: current + previous window, sums + p95 of run p95s) is timed
-for the 24 h and 30 d windows, once with the rollup and once reading raw rows only.
+for the 24 h and 30 d windows, once with the rollups and once reading raw rows only, and for 30 d
+windows filtered by phase and by campaign (rollups).
 
     .venv/bin/python bench/panel_bench.py --rows 1000000 --rows 10000000
 
@@ -93,7 +94,9 @@ def load(url: str, rows: int, days: int = 60) -> dict[str, float]:
     }
 
 
-async def time_kpis(url: str, window: str, use_rollup: bool, iterations: int) -> list[float]:
+async def time_kpis(
+    url: str, params: dict[str, str], use_rollup: bool, iterations: int
+) -> list[float]:
     app = create_app(PanelConfig(source="postgres", database_url=url, use_rollup=use_rollup))
     timings: list[float] = []
     async with app.router.lifespan_context(app):
@@ -101,7 +104,7 @@ async def time_kpis(url: str, window: str, use_rollup: bool, iterations: int) ->
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             for i in range(iterations + 2):  # two warm-up requests
                 started = time.perf_counter()
-                response = await client.get("/api/kpis", params={"window": window})
+                response = await client.get("/api/kpis", params=params)
                 elapsed = (time.perf_counter() - started) * 1000
                 response.raise_for_status()
                 if i >= 2:
@@ -114,13 +117,23 @@ def p95(values: list[float]) -> float:
     return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
 
 
+# (label, query, modes): every window against raw rows; filtered month windows with the rollups.
+CASES: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
+    ("24h", {"window": "24h"}, ("rollup", "raw")),
+    ("30d", {"window": "30d"}, ("rollup", "raw")),
+    ("30d phase", {"window": "30d", "phase": "2"}, ("rollup",)),
+    ("30d campaign", {"window": "30d", "campaign": "campaign-7"}, ("rollup",)),
+]
+
+
 async def bench(url: str, iterations: int, raw_iterations: int) -> list[dict[str, Any]]:
     results = []
-    for window in ("24h", "30d"):
-        for mode, use_rollup, n in (("rollup", True, iterations), ("raw", False, raw_iterations)):
-            timings = await time_kpis(url, window, use_rollup, n)
+    for label, params, modes in CASES:
+        for mode in modes:
+            n = iterations if mode == "rollup" else raw_iterations
+            timings = await time_kpis(url, params, mode == "rollup", n)
             results.append({
-                "window": window, "mode": mode, "n": n,
+                "window": label, "mode": mode, "n": n,
                 "p50_ms": round(statistics.median(timings), 1),
                 "p95_ms": round(p95(timings), 1), "max_ms": round(max(timings), 1),
             })  # fmt: skip
@@ -150,11 +163,11 @@ def main() -> None:
             if not args.keep:
                 drop_database(args.admin_url, name)
 
-    print(f"{'rows':>12} {'window':>6} {'mode':>7} {'n':>4} {'p50 ms':>9} {'p95 ms':>9} "
+    print(f"{'rows':>12} {'window':>12} {'mode':>7} {'n':>4} {'p50 ms':>9} {'p95 ms':>9} "
           f"{'max ms':>9}")  # fmt: skip
     for entry in report:
         for r in entry["results"]:
-            print(f"{entry['rows']:>12,} {r['window']:>6} {r['mode']:>7} {r['n']:>4} "
+            print(f"{entry['rows']:>12,} {r['window']:>12} {r['mode']:>7} {r['n']:>4} "
                   f"{r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} {r['max_ms']:>9.1f}")  # fmt: skip
         by = {(r["window"], r["mode"]): r["p95_ms"] for r in entry["results"]}
         ratios = ", ".join(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hmac
 import html
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import SecretStr
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from apex_metrics.panel.kpis import Totals, bucket_starts, bucket_width, jsonable, kpi_payload
@@ -27,7 +29,7 @@ from apex_metrics.panel.params import (
     parse_filters,
     parse_limit,
 )
-from apex_metrics.panel.security import COOKIE, login_form, session_value
+from apex_metrics.panel.security import COOKIE, login_form, safe_next, session_value
 from apex_metrics.panel.sources import RUN_FIELDS, Source, SyncHealthReader
 
 PANEL_DIR: Final = Path(str(resources.files("apex_metrics.panel")))
@@ -44,7 +46,7 @@ class PanelState:
     source: Source
     sync: SyncHealthReader | None
     broadcaster: Broadcaster
-    token: Any = None  # SecretStr | None
+    token: SecretStr | None = None
     secure_cookie: bool = False
     closing: bool = False  # set on server shutdown: open event streams end cleanly
 
@@ -91,8 +93,6 @@ def _login_page(message: str = "", status: int = 200, next_path: str = "/") -> H
 
 @router.get("/login", include_in_schema=False)
 async def login_page(request: Request) -> HTMLResponse:
-    from apex_metrics.panel.security import safe_next
-
     return _login_page(next_path=safe_next(request.query_params.get("next")))
 
 
@@ -102,8 +102,6 @@ async def login(request: Request) -> Response:
     token_text, next_path = await login_form(request)
     if panel.token is None:
         return Response(status_code=303, headers={"Location": next_path})
-    import hmac
-
     if not hmac.compare_digest(token_text.encode(), panel.token.get_secret_value().encode()):
         return _login_page("Wrong token.", status=401, next_path=next_path)
     response = Response(status_code=303, headers={"Location": next_path})
@@ -308,7 +306,3 @@ async def events(request: Request) -> EventSourceResponse:
     return EventSourceResponse(
         stream(), ping=SSE_PING_SECONDS, send_timeout=10, headers={"Cache-Control": "no-store"}
     )
-
-
-def seconds(delta: timedelta) -> float:
-    return delta.total_seconds()

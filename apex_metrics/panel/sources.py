@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Final, LiteralString, Protocol
 
 from psycopg import AsyncConnection
@@ -209,7 +208,3 @@ class SyncHealthReader:
 
 def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else round(max((now - then).total_seconds(), 0.0), 1)
-
-
-def money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)

@@ -35,6 +35,12 @@ RETURNING c.id, c.version, c.sync_attempts AS attempts,
 -- Open a run record for a claimed batch (same transaction as the claim).
 INSERT INTO sync_runs (worker, claimed) VALUES (%(worker)s, %(claimed)s) RETURNING id;
 
+-- name: settle_plan
+-- For the rest of the settling transaction only: join the claimed rows with the per-row
+-- answers by hash. The lease-owner filter is estimated at ~1 row, so the planner would pick
+-- a nested loop that compares every claimed row with every answer (quadratic in the batch).
+SET LOCAL enable_nestloop = off;
+
 -- name: ack_delivered
 -- Fenced acknowledgement: only rows still leased by this claim are touched. The exported
 -- version moves only where the row still has the version that was sent; a row changed in
@@ -56,7 +62,8 @@ SET exported_version = CASE WHEN c.version = d.version THEN d.version
     sync_last_error = NULL,
     sync_last_error_at = NULL
 FROM d
-WHERE c.id = d.id AND c.sync_lease_owner = %(owner)s
+WHERE c.id = ANY(%(ids)s::bigint[])  -- drives the primary key index, not a scan of the table
+  AND c.id = d.id AND c.sync_lease_owner = %(owner)s
 RETURNING c.id, (c.version = d.version) AS current;
 
 -- name: record_failures
@@ -84,7 +91,8 @@ SET sync_lease_owner = NULL,
     sync_last_error = f.message,
     sync_last_error_at = clock_timestamp()
 FROM f
-WHERE c.id = f.id AND c.sync_lease_owner = %(owner)s
+WHERE c.id = ANY(%(ids)s::bigint[])
+  AND c.id = f.id AND c.sync_lease_owner = %(owner)s
 RETURNING c.id, (f.dead AND c.version = f.version) AS dead;
 
 -- name: release_claim

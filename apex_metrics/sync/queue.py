@@ -94,6 +94,7 @@ class Queue:
         touched = 0
         async with self.pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(Q["settle_plan"])
             if delivered:
                 await cur.execute(
                     Q["ack_delivered"],

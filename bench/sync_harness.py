@@ -74,10 +74,12 @@ class Bench:
 
 
 @contextmanager
-def emulator_process(requests_per_window: int | None = None) -> Iterator[RunningEmulator]:
+def emulator_process(
+    requests_per_window: int | None = None, latency_ms: float = 0.0
+) -> Iterator[RunningEmulator]:
     """``apex-metrics emulator`` in its own process (its own core and GIL), on a free port."""
     command = [sys.executable, "-m", "apex_metrics", "emulator", "--port", str(free_port())]
-    command += ["--key-activation-delay", "0", "--json"]
+    command += ["--key-activation-delay", "0", "--json", "--latency-ms", str(latency_ms)]
     if requests_per_window is not None:
         command += ["--requests-per-window", str(requests_per_window)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -105,6 +107,7 @@ async def bench_stack(
     *,
     separate: bool = False,
     requests_per_window: int | None = None,
+    latency_ms: float = 0.0,
 ) -> AsyncIterator[Bench]:
     """A scratch database and a provisioned emulator: in a thread with ``config``, or (with
     ``separate``) in its own process with the default limits (or ``requests_per_window``)."""

@@ -496,7 +496,7 @@ def sync_run(
         print_json(stats.as_dict())
     else:
         for line in stats_lines(stats):
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _sync_settings(database_url: str | None, url: str | None) -> Any:
@@ -527,12 +527,14 @@ def sync_status(
         f"dead {status.dead}, lag {status.lag_seconds:.1f}s",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     out(
         f"delivered: {status.delivered_last_minute} in the last minute "
         f"({status.rows_per_second:.1f} rows/s), {status.delivered_last_hour} in the last hour",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     for e in status.last_errors:
         state = "dead" if e["dead"] else f"attempt {e['attempts']}"
@@ -540,6 +542,7 @@ def sync_status(
             f"  error {e['at']} {e['run_id']} [{state}] {e['code'] or '-'}: {e['message']}",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
     for r in status.last_runs:
         out(
@@ -548,6 +551,7 @@ def sync_status(
             + (f" error: {r['error']}" if r["error"] else ""),
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -570,9 +574,9 @@ def sync_retry_dead(
     if as_json:
         print_json(report.to_dict())
     else:
-        console.print(f"re-queued {len(report.requeued)} dead row(s)", markup=False)
+        console.print(f"re-queued {len(report.requeued)} dead row(s)", markup=False, soft_wrap=True)
         if report.not_dead:
-            console.print(f"not dead: {', '.join(report.not_dead)}", markup=False)
+            console.print(f"not dead: {', '.join(report.not_dead)}", markup=False, soft_wrap=True)
     if report.unknown:
         raise SyncError(f"unknown run id(s): {', '.join(report.unknown)}")
 
@@ -605,7 +609,11 @@ def sync_replay(
     if as_json:
         print_json({"requeued": count, "since": when.isoformat()})
     else:
-        console.print(f"re-queued {count} row(s) changed since {when.isoformat()}", markup=False)
+        console.print(
+            f"re-queued {count} row(s) changed since {when.isoformat()}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("reconcile")
@@ -631,7 +639,7 @@ def reconcile_command(
         print_json(report.to_dict())
     else:
         for line in reconcile_lines(report):
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     unfixable = report.extra + report.duplicated
     if (not repair and not report.clean) or unfixable:
         raise ReconcileError(

@@ -93,8 +93,11 @@ def _run_and_stop(proc: subprocess.Popen[str], port: int) -> tuple[int, int, str
     try:
         lines = _wait_for_panel(proc, port)
         assert f"panel: http://127.0.0.1:{port}/" in lines
+        deadline = time.monotonic() + 30
         first = _runs(port)
-        deadline = time.monotonic() + 20
+        while first == 0 and time.monotonic() < deadline:  # the backfill is still syncing
+            time.sleep(0.5)
+            first = _runs(port)
         later = first
         while later <= first and time.monotonic() < deadline:
             time.sleep(0.5)

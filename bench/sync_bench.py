@@ -223,7 +223,13 @@ async def bench_reconcile(rows: int) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         done.set()
         await sampler
-    return {"rows": rows, "seconds": seconds, "peak_growth_mb": peak - before, "report": report}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rss_before": before,
+        "peak_growth_mb": peak - before,
+        "report": report,
+    }
 
 
 def rss_mb() -> float:
@@ -305,9 +311,9 @@ async def main() -> int:
     rec = await bench_reconcile(big)
     r = rec["report"]
     say(
-        f"{rec['rows']:,} rows compared in {rec['seconds']:.1f} s, peak RSS growth "
-        f"{rec['peak_growth_mb']:.1f} MB (matching {r.matching:,}, different {r.different}, "
-        f"missing {r.missing}, extra {r.extra})"
+        f"{rec['rows']:,} rows compared in {rec['seconds']:.1f} s, RSS {rec['rss_before']:.0f} MB "
+        f"before, peak {rec['rss_before'] + rec['peak_growth_mb']:.0f} MB (matching "
+        f"{r.matching:,}, different {r.different}, missing {r.missing}, extra {r.extra})"
     )
     ok &= r.different == big // 100_000 and not (r.missing or r.extra)
     return 0 if ok else 1

@@ -95,6 +95,10 @@ def emulator_process(
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        if latency_ms:  # also set at run time: the command-line value alone did not apply
+            httpx.patch(
+                f"{info['url']}/_emulator/faults", json={"latency_ms": latency_ms}, timeout=5
+            ).raise_for_status()
         yield RunningEmulator(info["url"], None, EmulatorConfig())
     finally:
         process.terminate()

@@ -176,7 +176,8 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
     """Run the demo until stopped; returns the final counters."""
     from apex_metrics.dataverse.connect import open_dataverse
     from apex_metrics.dataverse.provision import provision
-    from apex_metrics.panel.app import PanelConfig, create_app
+    from apex_metrics.panel.app import PanelConfig, create_app, end_streams
+    from apex_metrics.panel.security import check_bind
     from apex_metrics.recorder import Recorder
     from apex_metrics.sync.commands import ENGINE_CLIENT_RETRY, engine_config
     from apex_metrics.sync.engine import Engine
@@ -184,6 +185,7 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
     from apex_metrics.sync.reconcile import reconcile
     from apex_metrics.traffic import TrafficGenerator
 
+    check_bind(options.panel_host, settings.panel_token)  # before anything starts
     data_dir = options.data_dir or default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
@@ -226,9 +228,10 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
                 source="dataverse", database_url=db_url, settings=live,
                 token=settings.panel_token, host=options.panel_host, port=port,
             )  # fmt: skip
+            panel_app = create_app(panel_config)
             server = _PanelServer(
                 uvicorn.Config(
-                    create_app(panel_config), host=options.panel_host, port=port,
+                    panel_app, host=options.panel_host, port=port,
                     log_level="warning", access_log=False, lifespan="on",
                     timeout_graceful_shutdown=3,
                 )
@@ -255,6 +258,7 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
             async for line in _status(queue, engine, counters, stop, options, deadline):
                 say(line)
             engine.request_stop()
+            end_streams(panel_app)  # open event streams would hold uvicorn's shutdown
             server.should_exit = True
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for task, res in zip(tasks, results, strict=True):

@@ -95,10 +95,6 @@ def emulator_process(
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        if latency_ms:  # also set at run time: the command-line value alone did not apply
-            httpx.patch(
-                f"{info['url']}/_emulator/faults", json={"latency_ms": latency_ms}, timeout=5
-            ).raise_for_status()
         yield RunningEmulator(info["url"], None, EmulatorConfig())
     finally:
         process.terminate()
@@ -114,10 +110,15 @@ async def bench_stack(
     latency_ms: float = 0.0,
 ) -> AsyncIterator[Bench]:
     """A scratch database and a provisioned emulator: in a thread with ``config``, or (with
-    ``separate``) in its own process with the default limits (or ``requests_per_window``)."""
+    ``separate``) in its own process with the default limits (or ``requests_per_window``) and
+    ``latency_ms`` added to every request."""
     config = config or EmulatorConfig(key_activation_delay_seconds=0)
     async with scratch_database() as url:
-        serving = emulator_process(requests_per_window) if separate else running_emulator(config)
+        serving = (
+            emulator_process(requests_per_window, latency_ms)
+            if separate
+            else running_emulator(config)
+        )
         with serving as emu:
             settings = Settings(  # type: ignore[call-arg]
                 _env_file=None, database_url=url, dataverse_url=emu.url

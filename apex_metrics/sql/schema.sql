@@ -174,6 +174,17 @@ CREATE TABLE sync_runs (
 
 CREATE INDEX idx_sync_runs_started_at ON sync_runs (started_at);
 
+-- Live engine processes: each refreshes heartbeat_at every poll interval and deletes its row on
+-- a clean stop (verify's "sync engine is alive" gate reads it).
+CREATE TABLE sync_processes (
+    id text PRIMARY KEY,
+    hostname text NOT NULL,
+    pid integer NOT NULL,
+    workers integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
 -- ============================================================================================
 -- panel (0003_*)
 -- ============================================================================================

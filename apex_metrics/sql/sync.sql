@@ -127,7 +127,7 @@ SET ended_at = clock_timestamp(),
     requeued = %(requeued)s,
     throttled = %(throttled)s,
     error = %(error)s
-WHERE id = %(run_id)s;
+WHERE id = %(run_id)s AND ended_at IS NULL;  -- a run is closed once
 
 -- name: next_due
 -- Seconds until the earliest retryable row is due (NULL when nothing is waiting); rows leased
@@ -142,6 +142,20 @@ WHERE exported_version < version
 -- name: prune_runs
 -- Retention of the run history.
 DELETE FROM sync_runs WHERE started_at < now() - make_interval(days => %(days)s);
+
+-- name: prune_processes
+-- Processes that stopped without saying goodbye (killed) a day ago or more.
+DELETE FROM sync_processes WHERE heartbeat_at < clock_timestamp() - interval '1 day';
+
+-- name: heartbeat
+-- This process is alive (insert on the first beat).
+INSERT INTO sync_processes (id, hostname, pid, workers)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(workers)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp();
+
+-- name: goodbye
+-- This process stops cleanly.
+DELETE FROM sync_processes WHERE id = %(id)s;
 
 -- name: queue_counts
 -- The queue at a glance: pending (waiting, incl. retrying), in flight, dead, retrying, and

@@ -97,6 +97,8 @@ class Engine:
                     await self._work(queue)
                 finally:
                     with contextlib.suppress(*DB_ERRORS):
+                        await queue.goodbye(self.id)
+                    with contextlib.suppress(*DB_ERRORS):
                         released = await queue.release_prefix(self.id + "/")
                         if released:
                             log.info("released %d lease(s)", released, extra={"event": "released"})
@@ -150,6 +152,7 @@ class Engine:
                 )
             )
         side.append(asyncio.create_task(self._refresh_gauges(queue), name="apex-sync-gauges"))
+        side.append(asyncio.create_task(self._heartbeat(queue), name="apex-sync-heartbeat"))
         tasks = [asyncio.create_task(w.run(), name=f"apex-sync-{w.name}") for w in workers]
         log.info(
             "sync started: %d worker(s)%s",
@@ -193,6 +196,16 @@ class Engine:
                 await self._prune(queue)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=self.config.stats_interval)
+
+    async def _heartbeat(self, queue: Queue) -> None:
+        """Say "alive" every poll interval (the polls' own pace: a long interval lets an idle
+        database rest between beats)."""
+        every = max(self.config.worker.poll_interval, 0.1)
+        while not self.stop.is_set():
+            with contextlib.suppress(*DB_ERRORS):
+                await queue.heartbeat(self.id, self.config.workers)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=every)
 
     async def _prune(self, queue: Queue) -> None:
         with contextlib.suppress(*DB_ERRORS):

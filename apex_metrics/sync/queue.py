@@ -7,6 +7,8 @@ claim's lease owner token and by the row version that was sent.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,4 +194,21 @@ class Queue:
     async def prune_runs(self, days: int) -> int:
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(Q["prune_runs"], {"days": days})
+            await conn.execute(Q["prune_processes"])
             return int(cur.rowcount)
+
+    async def heartbeat(self, process: str, workers: int) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                Q["heartbeat"],
+                {
+                    "id": process,
+                    "hostname": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "workers": workers,
+                },
+            )
+
+    async def goodbye(self, process: str) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(Q["goodbye"], {"id": process})

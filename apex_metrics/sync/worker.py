@@ -164,6 +164,11 @@ class Worker:
         except asyncio.CancelledError:
             await asyncio.shield(self._release_quietly(claim, "cancelled"))
             raise
+        except DB_ERRORS:
+            # Settling failed (e.g. the connection died): give the rows back now rather than
+            # at lease expiry. Rows whose ack did commit are no longer ours and stay done.
+            await self._release_quietly(claim, "database error while settling")
+            raise
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return len(claim.rows)
 

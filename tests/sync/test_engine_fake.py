@@ -219,10 +219,13 @@ async def test_notify_wakes_idle_workers_and_the_listener_reconnects(database_ur
         await asyncio.sleep(0.2)
         await insert_rows(database_url, 1, prefix="after-")
         await wait_until(lambda: "after-1" in sink.rows)
+        alive = await execute(database_url, "SELECT id, workers FROM sync_processes")
+        assert alive == [(engine.id, 2)]  # the heartbeat of a live process
     finally:
         engine.request_stop()
         stats = await asyncio.wait_for(task, 15)
     assert stats.created == 2 and stats.db_errors == 0
+    assert await execute(database_url, "SELECT id FROM sync_processes") == []  # clean stop
 
 
 async def test_workers_survive_terminated_backends(database_url: str) -> None:

@@ -464,6 +464,14 @@ def sync_run(
         int | None,
         typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics here."),
     ] = None,
+    listen: Annotated[
+        bool,
+        typer.Option(
+            "--listen/--no-listen",
+            help="Wake on PostgreSQL NOTIFY through a held connection. --no-listen polls only, "
+            "so a scale-to-zero hosted database can sleep between polls.",
+        ),
+    ] = True,
     log_format: LogFormatOption = None,
     database_url: DatabaseUrlOption = None,
     url: DataverseUrlOption = None,
@@ -491,6 +499,10 @@ def sync_run(
     config = engine_config(
         settings, workers=workers, once=once, poll_interval=poll_interval, batch_size=batch_size
     )
+    if not listen:
+        import dataclasses
+
+        config = dataclasses.replace(config, listen=False)
     stats = asyncio.run(run_sync(settings, config, metrics_port=metrics_port))
     if as_json:
         print_json(stats.as_dict())

@@ -5,6 +5,7 @@ Real PostgreSQL, the emulator over HTTP, the panel served by uvicorn, the sync e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import threading
@@ -240,3 +241,33 @@ def test_secrets_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     figure = check_secrets(settings, VerifyOptions(project_dir=tmp_path, log_files=[log]))
     assert "1 log(s) clean" in figure
     assert os.environ.get("APEX_CLIENT_SECRET") is None
+
+
+async def test_sync_gate(database_url: str, emulator: RunningEmulator) -> None:
+    settings = settings_for(database_url, emulator, sync_poll_interval=0.2)
+    await _provision(settings)
+    g = gate(await run_verify(settings, VerifyOptions()), "sync")
+    assert not g.ok and "last: never" in g.figure
+    await _record(database_url, 3)
+    config = engine_config(settings, workers=1, once=False)
+    engine = asyncio.create_task(run_sync(settings, config, handle_signals=False))
+    try:
+        for _ in range(100):  # wait for the first heartbeat and delivery
+            g = gate(await run_verify(settings, VerifyOptions()), "sync")
+            if g.ok:
+                break
+            await asyncio.sleep(0.1)
+        assert g.ok and "1 process(es)" in g.figure and "runs succeeded" in g.figure
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await conn.execute(
+                "INSERT INTO sync_runs (worker, ended_at, error) VALUES ('w', now(), 'boom')"
+            )
+            await conn.commit()
+        g = gate(await run_verify(settings, VerifyOptions()), "sync")
+        assert not g.ok and "sync runs failed" in g.figure
+    finally:
+        engine.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await engine
+    g = gate(await run_verify(settings, VerifyOptions()), "sync")
+    assert not g.ok  # a stopped engine leaves no heartbeat

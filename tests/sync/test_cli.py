@@ -105,3 +105,38 @@ async def metrics_when_delivered(port: int, rows: int) -> str:
             if wanted in body:
                 return body
             await asyncio.sleep(0.1)
+
+
+async def test_no_listen_polls_without_holding_a_listening_connection(stack: Stack) -> None:
+    """--no-listen (scale-to-zero databases): no LISTEN connection, rows still go out by polling."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apex_metrics", "sync", "--no-listen", "--poll-interval", "0.3"],
+        env=env_for(stack),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await insert_rows(stack.database_url, 5, prefix="poll-")
+        delivered = None
+        for _ in range(100):
+            got = await stack.client.get_by_key(ENTITY_SET, {ALTERNATE_KEY_COLUMN: "poll-5"})
+            if got is not None:
+                delivered = got
+                break
+            await asyncio.sleep(0.1)
+        assert delivered is not None, "a polling engine did not deliver within 10 s"
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
+            cur = await conn.execute(
+                "SELECT application_name, query FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name LIKE 'apex-metrics-sync%'"
+            )
+            rows = await cur.fetchall()
+        assert rows, "the engine's connections were not found"
+        assert not any(name.endswith("listener") or "LISTEN" in q for name, q in rows)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate, None, 30)
+    assert proc.returncode == 0, err

@@ -293,6 +293,8 @@ async def import_file(
                         task, description="writing to campaign_metrics", rows=report.rows
                     )
                     result: BulkResult = await upsert_stage(conn)
+                    # Fresh statistics, so the sync engine's claim plans for the new rows.
+                    await conn.execute("ANALYZE campaign_metrics")
     except UnicodeDecodeError as exc:
         raise ImportFileError(
             f"{report.source} is not UTF-8 text (bad byte at offset {exc.start} of a block)",

@@ -48,7 +48,7 @@ ALTER TABLE campaign_metrics
     ADD CONSTRAINT campaign_metrics_success_rate_check
         CHECK (success_rate >= 0 AND success_rate <= 100),
     ADD CONSTRAINT campaign_metrics_created_at_check
-        CHECK (created_at >= '1753-01-01 00:00:00+00'),
+        CHECK (created_at >= '1753-01-01 00:00:00+00' AND created_at < '10000-01-01 00:00:00+00'),
     ADD CONSTRAINT campaign_metrics_version_check CHECK (version >= 1 AND exported_version >= 0);
 
 CREATE UNIQUE INDEX idx_campaign_metrics_run_id ON campaign_metrics (run_id);

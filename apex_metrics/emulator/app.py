@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -240,6 +240,13 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return Response(dumps(body), 500, media_type=JSON_TYPE)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The caller hung up before its request body arrived (a killed worker, a timeout): nothing
+    to answer and nothing to log as an error; nothing was written."""
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 def create_app(config: EmulatorConfig | None = None) -> Starlette:
     """The emulator as an ASGI app (state lives in ``app.state.emulator``)."""
     config = config or EmulatorConfig()
@@ -265,7 +272,12 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error},
+        exception_handlers={
+            404: _not_found,
+            405: _not_allowed,
+            500: _server_error,
+            ClientDisconnect: _client_gone,
+        },
     )
     app.state.emulator = emulator
     return app

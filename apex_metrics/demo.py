@@ -31,9 +31,10 @@ import uvicorn
 from psycopg import sql
 
 from apex_metrics import db
-from apex_metrics.embedded_pg import EmbeddedPostgres, free_port
+from apex_metrics.embedded_pg import EmbeddedPostgres
 from apex_metrics.exceptions import ApexMetricsError
 from apex_metrics.settings import Settings
+from apex_metrics.testing import free_port
 
 if TYPE_CHECKING:
     from apex_metrics.sync.reconcile import ReconcileReport

@@ -24,13 +24,13 @@ import importlib.util
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from apex_metrics.exceptions import ApexMetricsError
+from apex_metrics.testing import free_port
 
 SYSTEM_USER = "apex-metrics-pg"
 
@@ -56,13 +56,6 @@ def _bundled_install() -> Path:
 def _bundled_libs(install: Path) -> Path:
     """The shared libraries the wheel's binaries load (``$ORIGIN/../../../pgserver.libs``)."""
     return install.parent.parent / "pgserver.libs"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class EmbeddedPostgres:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from apex_metrics.testing import free_port
+
 CLI = str(Path(sys.executable).parent / "apex-metrics")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -114,7 +109,7 @@ def _run_and_stop(proc: subprocess.Popen[str], port: int) -> tuple[int, int, str
 
 
 def test_demo_serves_growing_kpis_and_stops_cleanly(database_url: str, data_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "APEX_DATABASE_URL": database_url}
     proc = _start(port, data_dir, env)
     first, later, output = _run_and_stop(proc, port)
@@ -126,7 +121,7 @@ def test_demo_serves_growing_kpis_and_stops_cleanly(database_url: str, data_dir:
 
 
 def test_demo_on_embedded_postgres_leaves_no_server(data_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
     proc = _start(port, data_dir, env, "--embedded-postgres")
     first, later, output = _run_and_stop(proc, port)

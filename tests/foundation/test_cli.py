@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
+
+from apex_metrics.testing import free_port
 
 APEX = str(Path(sys.executable).with_name("apex-metrics"))
 
@@ -99,9 +100,7 @@ def test_import_skip_invalid(database_url: str, tmp_path: Path) -> None:
 
 
 def test_unreachable_host_is_named() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     result = run("db", "migrate", url=f"postgresql://postgres@127.0.0.1:{port}/x")
     assert_one_line_error(result, f"127.0.0.1:{port}", "connection refused")
 

@@ -16,12 +16,7 @@ from apex_metrics.exceptions import (
     DatabaseMissing,
     DatabaseUnreachable,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from apex_metrics.testing import free_port
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import socket
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from apex_metrics.panel.app import PanelConfig, create_app, end_streams
+from apex_metrics.testing import free_port
 
 CAMPAIGNS = ("spring-launch", "q4-retention", "o'brien test", "eu-rollout")
 PHASES = ("1", "2", "2-3", None)
@@ -190,12 +190,6 @@ async def panel_client(config: PanelConfig) -> AsyncIterator[httpx.AsyncClient]:
 async def client(seeded_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with panel_client(PanelConfig(source="postgres", database_url=seeded_url)) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

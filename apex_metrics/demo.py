@@ -78,17 +78,10 @@ Say = Callable[[str], None]
 def _local_server_url() -> str | None:
     """A URL for the demo database on 127.0.0.1:5432, creating it; None if none answers."""
     for role in LOCAL_CANDIDATES:
-        admin = f"postgresql://{role}@127.0.0.1:5432/postgres"
         try:
-            with psycopg.connect(admin, connect_timeout=3, autocommit=True) as conn:
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
-                ).fetchone()
-                if not exists:
-                    conn.execute(
-                        sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE))
-                    )
-                return f"postgresql://{role}@127.0.0.1:5432/{DEMO_DATABASE}"
+            return _create_demo_database(
+                f"postgresql://{role}@127.0.0.1:5432/postgres", connect_timeout=3
+            )
         except psycopg.OperationalError:
             continue
     return None
@@ -117,8 +110,9 @@ async def _postgres(
     return url
 
 
-def _create_demo_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+def _create_demo_database(admin_url: str, *, connect_timeout: int = 10) -> str:
+    """Create the demo database on ``admin_url``'s server if missing; return its URL."""
+    with psycopg.connect(admin_url, connect_timeout=connect_timeout, autocommit=True) as conn:
         if not conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
         ).fetchone():

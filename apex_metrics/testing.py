@@ -9,7 +9,10 @@ With ``tls=True`` it serves https with a certificate from a throw-away test CA (
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from apex_metrics.emulator import EmulatorConfig, create_app
@@ -110,3 +114,29 @@ def running_emulator(
             if thread.is_alive():  # idle keep-alive (TLS) connections can hold a graceful stop
                 server.force_exit = True
                 thread.join(_STOP_TIMEOUT)
+
+
+@contextmanager
+def emulator_process(*options: str) -> Iterator[tuple[RunningEmulator, int]]:
+    """``apex-metrics emulator OPTIONS`` in its own process (its own core and GIL) on a free
+    port, keys Active at once; yields the served emulator and the process id (benchmarks
+    read its CPU time). Terminated when the block ends."""
+    command = [sys.executable, "-m", "apex_metrics", "emulator", "--port", str(free_port())]
+    command += ["--key-activation-delay", "0", "--json", *options]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        info = json.loads(process.stdout.readline())
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:  # the URL is announced just before uvicorn binds
+            try:
+                httpx.get(f"{info['url']}/_emulator/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield RunningEmulator(info["url"], None, EmulatorConfig()), process.pid
+    finally:
+        process.terminate()
+        process.wait(_STOP_TIMEOUT)

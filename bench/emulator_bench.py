@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -28,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from apex_metrics import testing
 from apex_metrics.dataverse.multipart import (
     BatchPart,
     decode_batch_response,
@@ -35,7 +35,7 @@ from apex_metrics.dataverse.multipart import (
     flatten_responses,
 )
 from apex_metrics.emulator import EmulatorConfig
-from apex_metrics.testing import RunningEmulator, free_port, running_emulator
+from apex_metrics.testing import RunningEmulator, running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table
 
 BATCH_SIZE = 1000
@@ -141,32 +141,10 @@ def run_singles(client: httpx.Client, count: int, prefix: str, cpu: CpuClock | N
 
 @contextmanager
 def emulator_process(db: Path | None) -> Iterator[tuple[RunningEmulator, CpuClock | None]]:
-    """``apex-metrics emulator`` in a subprocess, on a free port."""
-    port = free_port()
-    command = [sys.executable, "-m", "apex_metrics", "emulator", "--port", str(port)]
-    command += ["--key-activation-delay", "0", "--json"]
-    if db is not None:
-        command += ["--db", str(db)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        info = json.loads(process.stdout.readline())
-        deadline = time.monotonic() + 15
-        while True:  # the URL is announced just before uvicorn binds
-            try:
-                httpx.get(f"{info['url']}/_emulator/stats", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        clock = None
-        if Path(f"/proc/{process.pid}/stat").exists():
-            clock = partial(process_cpu_seconds, process.pid)
-        yield RunningEmulator(info["url"], None, EmulatorConfig()), clock
-    finally:
-        process.terminate()
-        process.wait(10)
+    """``apex-metrics emulator`` in a subprocess, with the clock of its CPU time."""
+    with testing.emulator_process(*(["--db", str(db)] if db is not None else [])) as (emu, pid):
+        clock = partial(process_cpu_seconds, pid) if Path(f"/proc/{pid}/stat").exists() else None
+        yield emu, clock
 
 
 def main() -> None:

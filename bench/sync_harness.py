@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -18,13 +14,13 @@ import httpx
 import psycopg
 from psycopg import conninfo, sql
 
-from apex_metrics import db
+from apex_metrics import db, testing
 from apex_metrics.dataverse.client import DataverseClient
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.provision import provision
 from apex_metrics.emulator import EmulatorConfig
 from apex_metrics.settings import Settings
-from apex_metrics.testing import RunningEmulator, free_port, running_emulator
+from apex_metrics.testing import RunningEmulator, running_emulator
 
 ADMIN_URL = os.environ.get("APEX_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -77,28 +73,13 @@ class Bench:
 def emulator_process(
     requests_per_window: int | None = None, latency_ms: float = 0.0
 ) -> Iterator[RunningEmulator]:
-    """``apex-metrics emulator`` in its own process (its own core and GIL), on a free port."""
-    command = [sys.executable, "-m", "apex_metrics", "emulator", "--port", str(free_port())]
-    command += ["--key-activation-delay", "0", "--json", "--latency-ms", str(latency_ms)]
+    """``apex-metrics emulator`` in its own process with the default limits (or
+    ``requests_per_window``) and ``latency_ms`` added to every request."""
+    options = ["--latency-ms", str(latency_ms)]
     if requests_per_window is not None:
-        command += ["--requests-per-window", str(requests_per_window)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        info = json.loads(process.stdout.readline())
-        deadline = time.monotonic() + 15
-        while True:  # the URL is announced just before uvicorn binds
-            try:
-                httpx.get(f"{info['url']}/_emulator/stats", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield RunningEmulator(info["url"], None, EmulatorConfig())
-    finally:
-        process.terminate()
-        process.wait(10)
+        options += ["--requests-per-window", str(requests_per_window)]
+    with testing.emulator_process(*options) as (emu, _pid):
+        yield emu
 
 
 @asynccontextmanager

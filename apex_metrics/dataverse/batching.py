@@ -9,7 +9,8 @@ bad row never blocks the others; answers map back to rows by position.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import json.encoder
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,13 +20,12 @@ import httpx
 
 from apex_metrics.dataverse.errors import DataverseError, error_for_status, parse_error_body
 from apex_metrics.dataverse.multipart import (
-    BatchPart,
     MultipartError,
     decode_batch_response,
-    encode_batch_request,
+    encode_uniform_requests,
     flatten_responses,
 )
-from apex_metrics.dataverse.urls import key_path
+from apex_metrics.dataverse.urls import key_path, key_paths
 
 Outcome = Literal["created", "updated", "failed"]
 Items = Sequence[tuple[str, Mapping[str, Any]]]
@@ -61,27 +61,80 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+# One encoder for every body: ``json.dumps`` with arguments builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), default=json_default)
+# The part headers of every upsert (Content-Length is added per part).
+UPSERT_HEADERS = {"Content-Type": "application/json; type=entry", "Prefer": "return=representation"}
+
+
+# The C encoder ``json`` builds on every call (None without the accelerator).
+_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+
+
 def dumps(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), default=json_default).encode()
+    """Compact JSON: ``json.dumps(body, separators=(",", ":"), default=json_default)``."""
+    return _JSON.encode(body).encode()
+
+
+def batch_dumps() -> Callable[[Mapping[str, Any]], bytes]:
+    """``dumps`` for the bodies (dicts) of one batch, without its cost per call.
+
+    ``json.dumps`` builds a C encoder for every call; this builds it once, with the same
+    arguments (compact separators, ``json_default``, ASCII, NaN allowed) and its own record of
+    the objects being encoded (what detects circular references; emptied after each body, and
+    the encoder is dropped with the batch when one fails).
+    """
+    if _MAKE_ENCODER is None:
+        return dumps
+    encode = _MAKE_ENCODER(
+        {}, json_default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+    def dumps_one(body: Mapping[str, Any]) -> bytes:
+        return "".join(encode(body, 0)).encode()
+
+    return dumps_one
 
 
 def encode_upserts(
     api_url: str, entity_set: str, key_column: str, items: Items
 ) -> tuple[bytes, str]:
-    """The ``$batch`` body and its Content-Type for ``items`` (key value, body)."""
-    parts = []
+    """The ``$batch`` body and its Content-Type for ``items`` (key value, body).
+
+    Every part is ``PATCH {api_url}SET(key='value')?$select=key`` with the same headers, so the
+    text they share is built once (``encode_uniform_requests``); names are checked once per batch.
+    """
+    try:
+        paths = key_paths(entity_set, key_column, [key_value for key_value, _body in items])
+    except ValueError:
+        _raise_first_error(entity_set, key_column, items)
+        raise
+    select = f"?$select={key_column}"
+    encode = batch_dumps()
+    targets = [
+        (f"{api_url}{path}{select}", encode(_without_key(body, key_column)))
+        for (_key_value, body), path in zip(items, paths, strict=True)
+    ]
+    return encode_uniform_requests("PATCH", targets, UPSERT_HEADERS)
+
+
+def _raise_first_error(entity_set: str, key_column: str, items: Items) -> None:
+    """Raise what building the parts row by row raises first: a refused key, or a body that
+    is not JSON before it."""
     for key_value, body in items:
-        path = key_path(entity_set, {key_column: key_value})
-        payload = dumps(without_keys(body, {key_column: key_value}))
-        parts.append(
-            BatchPart(
-                "PATCH",
-                f"{api_url}{path}?$select={key_column}",
-                {"Content-Type": "application/json; type=entry", "Prefer": "return=representation"},
-                payload,
-            )
-        )
-    return encode_batch_request(parts)
+        key_path(entity_set, {key_column: key_value})
+        dumps(_without_key(body, key_column))
+
+
+def _without_key(body: Mapping[str, Any], key_column: str) -> dict[str, Any]:
+    """``without_keys(body, {key_column: ...})``: a plain dict without the key is used as is."""
+    if isinstance(body, dict) and type(body) is dict:  # not a subclass: copied as it iterates
+        if key_column not in body:
+            return body
+        copy = body.copy()
+        del copy[key_column]
+        return copy
+    return without_keys(body, {key_column: None})
 
 
 def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> list[UpsertOutcome]:
@@ -99,8 +152,11 @@ def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> l
         ]
     outcomes = []
     for (key_value, _body), answer in zip(items, answers, strict=True):
-        if answer.ok:
-            outcomes.append(UpsertOutcome(key_value, answer.status, outcome_of(answer.status)))
+        status = answer.status
+        if 200 <= status < 300:  # answer.ok, outcome_of(status): inline, this runs per row
+            outcomes.append(
+                UpsertOutcome(key_value, status, "created" if status == 201 else "updated")
+            )
             continue
         code, message = parse_error_body(answer.body)
         error = error_for_status(

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+import string
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
 from apex_metrics.dataverse.errors import InsecureTransport
@@ -21,6 +22,9 @@ API_PATH = "/api/data/v9.2/"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Characters that break Dataverse key URLs even when encoded (define-alternate-keys-entity).
 KEY_FORBIDDEN = frozenset("/<>*%&:\\?+")
+# Characters ``quote`` leaves alone, but the quote (doubled in a literal) and none forbidden in
+# a key: a value made only of them is written as it is, in quotes.
+_PLAIN_KEY_CHARS = string.ascii_letters + string.digits + "_.~!$,;=@()-"
 
 
 def is_loopback(host: str | None) -> bool:
@@ -101,15 +105,41 @@ def key_path(entity_set: str, key: Mapping[str, str | int]) -> str:
     parts = []
     for column, value in key.items():
         check_identifier(column, what="key column")
-        if isinstance(value, str):
-            if value == "":
-                raise ValueError(f"key {column} must not be empty")
-            bad = sorted(set(value) & KEY_FORBIDDEN)
-            if bad:
-                raise ValueError(
-                    f"key {column}={value!r} contains {' '.join(bad)}, which Dataverse cannot "
-                    "address in a key URL"
-                )
-        literal = quote(odata_literal(value), safe="'()!$,;=@-._~")
-        parts.append(f"{column}={literal}")
+        parts.append(f"{column}={_key_literal(column, value)}")
     return f"{entity_set}({','.join(parts)})"
+
+
+def key_paths(entity_set: str, column: str, values: Iterable[str | int]) -> list[str]:
+    """``key_path(entity_set, {column: value})`` for each value, in order: for a batch.
+
+    The names are checked once (when there is a value), and the first refused value raises
+    what ``key_path`` raises for it.
+    """
+    values = list(values)
+    if not values:
+        return []
+    check_identifier(entity_set, what="entity set")
+    check_identifier(column, what="key column")
+    prefix = f"{entity_set}({column}="
+    return [
+        f"{prefix}'{value}')"
+        if type(value) is str and value and not value.strip(_PLAIN_KEY_CHARS)
+        else f"{prefix}{_key_literal(column, value)})"
+        for value in values
+    ]
+
+
+def _key_literal(column: str, value: str | int) -> str:
+    """One key value as a quoted, URL-encoded OData literal (refused when not addressable)."""
+    if type(value) is str and value and not value.strip(_PLAIN_KEY_CHARS):
+        return f"'{value}'"  # what the general path gives, without its per-character work
+    if isinstance(value, str):
+        if value == "":
+            raise ValueError(f"key {column} must not be empty")
+        bad = sorted(set(value) & KEY_FORBIDDEN)
+        if bad:
+            raise ValueError(
+                f"key {column}={value!r} contains {' '.join(bad)}, which Dataverse cannot "
+                "address in a key URL"
+            )
+    return quote(odata_literal(value), safe="'()!$,;=@-._~")

@@ -1,19 +1,30 @@
-"""Unit tests of upsert_many: the $batch request we send and how answers map back to rows."""
+"""Unit tests of upsert_many: the $batch request we send and how answers map back to rows; the
+batch path (key_paths, batch_dumps, encode_upserts) gives the bytes and errors of part by part."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC
+from types import MappingProxyType
+from typing import Any
 
 import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from apex_metrics.dataverse.batching import batch_dumps, dumps, encode_upserts, without_keys
 from apex_metrics.dataverse.client import DataverseClient
 from apex_metrics.dataverse.multipart import (
     BatchPart,
+    BatchRequestItem,
     BatchResponseItem,
     decode_batch_request,
+    encode_batch_request,
     encode_batch_response,
 )
+from apex_metrics.dataverse.urls import key_path, key_paths
 
 MakeClient = Callable[..., DataverseClient]
 
@@ -212,3 +223,105 @@ async def test_a_key_dataverse_cannot_address_fails_alone(mock_client: MakeClien
     assert outcomes[1].code == "invalid_key" and "/" in outcomes[1].message
     assert not outcomes[1].transient
     assert sent == [2]
+
+
+# --- the batch path: the same bytes and errors as building each part on its own -----------------
+
+PROPERTY = settings(max_examples=150, deadline=None)
+key_values = st.text(max_size=12) | st.sampled_from(["run-1", "O'Brien", "a/b", "", "x+y", "é"])
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.decimals(allow_nan=False, places=3)
+    | st.datetimes(timezones=st.just(UTC)),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+bodies = st.dictionaries(st.sampled_from(["apex_runid", "a", "b", "c"]), json_values, max_size=4)
+
+
+def outcome(action: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "ok", action()
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@PROPERTY
+@given(values=st.lists(key_values, max_size=5))
+def test_key_paths_are_key_path_per_value(values: list[str]) -> None:
+    def one_by_one() -> list[str]:
+        return [key_path("apex_campaignmetricses", {"apex_runid": v}) for v in values]
+
+    assert outcome(lambda: key_paths("apex_campaignmetricses", "apex_runid", values)) == outcome(
+        one_by_one
+    )
+
+
+def test_key_paths_check_names_only_when_there_are_keys() -> None:
+    assert key_paths("bad name", "k", []) == []
+    with pytest.raises(ValueError, match="entity set"):
+        key_paths("bad name", "k", ["a"])
+    assert key_paths("s", "k", [7, "it's"]) == ["s(k=7)", "s(k='it''s')"]
+
+
+@PROPERTY
+@given(batch=st.lists(bodies, max_size=4))
+def test_batch_dumps_is_dumps(batch: list[dict[str, Any]]) -> None:
+    encode = batch_dumps()
+    assert [outcome(lambda b=b: encode(b)) for b in batch] == [
+        outcome(lambda b=b: dumps(b)) for b in batch
+    ]
+
+
+def test_batch_dumps_refuses_as_dumps_does() -> None:
+    encode = batch_dumps()
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="Circular reference"):
+        encode(loop)
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        encode({"a": {1}})
+    shared = {"x": 1}
+    assert batch_dumps()({"a": shared, "b": shared}) == b'{"a":{"x":1},"b":{"x":1}}'
+
+
+def parts_of(api_url: str, key_column: str, items: list[tuple[str, Any]]) -> list[BatchRequestItem]:
+    """The parts as built before: one BatchPart per row."""
+    return [
+        BatchPart(
+            "PATCH",
+            f"{api_url}{key_path('s', {key_column: k})}?$select={key_column}",
+            {"Content-Type": "application/json; type=entry", "Prefer": "return=representation"},
+            dumps(without_keys(body, {key_column: k})),
+        )
+        for k, body in items
+    ]
+
+
+@PROPERTY
+@given(items=st.lists(st.tuples(key_values, bodies | bodies.map(MappingProxyType)), max_size=4))
+def test_upserts_are_encoded_as_their_parts(items: list[tuple[str, Any]]) -> None:
+    api_url = "https://org.crm.dynamics.com/api/data/v9.2/"
+    new = outcome(lambda: encode_upserts(api_url, "s", "apex_runid", items))
+    old = outcome(lambda: parts_of(api_url, "apex_runid", items))
+    assert new[0] == old[0]
+    if new[0] != "ok":
+        assert new == old  # the same first error, in row order
+        return
+    body, content_type = new[1]
+    boundary = content_type.split('boundary="')[1].rstrip('"')
+    assert (body, content_type) == encode_batch_request(old[1], boundary=boundary)
+
+
+def test_the_first_bad_row_decides_the_error() -> None:
+    bad_body = {"a": {1}}
+    with pytest.raises(TypeError):
+        encode_upserts("u/", "s", "k", [("a", bad_body), ("b/c", {})])
+    with pytest.raises(ValueError, match="b/c"):
+        encode_upserts("u/", "s", "k", [("b/c", {}), ("a", bad_body)])

@@ -1,12 +1,22 @@
-"""The $batch codec against exchanges taken from Microsoft's "Execute batch operations" page."""
+"""The $batch codec against exchanges taken from Microsoft's "Execute batch operations" page, and
+properties: round trips, any line end, a batch decoded as its parts are decoded alone."""
 
 from __future__ import annotations
 
+import string
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from apex_metrics.dataverse.multipart import (
     BatchPart,
+    BatchRequestItem,
     BatchResponseItem,
+    BatchResponsePart,
     ChangeSet,
     ChangeSetResponse,
     MultipartError,
@@ -14,6 +24,7 @@ from apex_metrics.dataverse.multipart import (
     decode_batch_response,
     encode_batch_request,
     encode_batch_response,
+    encode_uniform_requests,
     flatten_responses,
     parse_boundary,
 )
@@ -317,3 +328,387 @@ def test_boundary_prefix_is_not_a_delimiter() -> None:
     assert len(items) == 1
     assert isinstance(items[0], BatchPart)
     assert items[0].body == b"--bb"
+
+
+# --- properties: round trips, LF line ends, and a batch read as its parts are read alone --------
+
+TOKEN_CHARS = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
+SPECIAL = {"content-type", "content-length", "content-id"}
+PROPERTY = settings(max_examples=150, deadline=None)
+ALONE = settings(max_examples=300, deadline=None)
+
+names = st.text(TOKEN_CHARS, min_size=1, max_size=12).filter(lambda n: n.lower() not in SPECIAL)
+values = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20
+).map(str.strip)
+header_dicts = st.dictionaries(names, values, max_size=4)
+urls = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc", "Z")), min_size=1, max_size=30
+).filter(lambda url: url.split() == [url])
+content_ids = st.none() | st.text(TOKEN_CHARS, min_size=1, max_size=6)
+bodies = st.none() | st.binary(max_size=40) | st.text(max_size=12).map(str.encode)
+flat_bodies = st.none() | st.binary(max_size=40).map(
+    lambda b: b.replace(b"\r", b"").replace(b"\n", b"")
+)
+
+
+def parts_with(
+    methods: list[str], body: st.SearchStrategy[bytes | None]
+) -> st.SearchStrategy[BatchPart]:
+    return st.builds(BatchPart, st.sampled_from(methods), urls, header_dicts, body, content_ids)
+
+
+def request_items(
+    body: st.SearchStrategy[bytes | None],
+) -> st.SearchStrategy[list[BatchRequestItem]]:
+    changesets = st.builds(
+        ChangeSet, st.lists(parts_with(["POST", "PATCH", "put", "DELETE"], body), max_size=3)
+    )
+    return st.lists(parts_with(["GET", "POST", "PATCH", "delete"], body) | changesets, max_size=6)
+
+
+def expected_request(part: BatchPart) -> BatchPart:
+    """What decoding returns for an encoded request: the encoder adds the body's headers."""
+    headers = dict(part.headers)
+    if part.body is not None:
+        headers["Content-Type"] = "application/json; type=entry"
+        headers["Content-Length"] = str(len(part.body))
+    return BatchPart(part.method.upper(), part.url, headers, part.body or None, part.content_id)
+
+
+def expected_requests(items: list[BatchRequestItem]) -> list[BatchRequestItem]:
+    return [
+        ChangeSet([expected_request(p) for p in i.parts], i.boundary)
+        if isinstance(i, ChangeSet)
+        else expected_request(i)
+        for i in items
+    ]
+
+
+@PROPERTY
+@given(items=request_items(bodies), newline=st.sampled_from(["\r\n", "\n"]))
+def test_requests_round_trip(items: list[BatchRequestItem], newline: str) -> None:
+    # With LF line ends a body ending in CR is ambiguous: that CR reads as the delimiter's CRLF.
+    flat = [p for i in items for p in (i.parts if isinstance(i, ChangeSet) else [i])]
+    assume(newline == "\r\n" or not any((p.body or b"").endswith(b"\r") for p in flat))
+    body, content_type = encode_batch_request(items, newline=newline)
+    decoded = decode_batch_request(body, content_type)
+    for item, back in zip(items, decoded, strict=True):  # change-set boundaries were drawn
+        if isinstance(item, ChangeSet) and isinstance(back, ChangeSet):
+            item.boundary = back.boundary
+    assert decoded == expected_requests(items)
+
+
+statuses = st.integers(100, 599)
+reasons = st.sampled_from(["", "OK", "Created"]) | values.filter(lambda r: " " not in r)
+responses = st.builds(
+    BatchResponseItem, statuses, header_dicts, st.binary(max_size=40), content_ids, reasons
+)
+
+
+def expected_response(item: BatchResponseItem) -> BatchResponseItem:
+    """What decoding returns for an encoded response: without Content-Length, the body ends
+    before trailing CR/LF; an empty reason is written as the status's phrase."""
+    try:
+        phrase = HTTPStatus(item.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return BatchResponseItem(
+        item.status, item.headers, item.body.rstrip(b"\r\n"), item.content_id, item.reason or phrase
+    )
+
+
+@PROPERTY
+@given(
+    items=st.lists(
+        responses | st.builds(ChangeSetResponse, st.lists(responses, max_size=3)), max_size=6
+    )
+)
+def test_responses_round_trip(items: list[BatchResponsePart]) -> None:
+    body, content_type = encode_batch_response(items)
+    decoded = decode_batch_response(body, content_type)
+    expected: list[BatchResponsePart] = []
+    for item, back in zip(items, decoded, strict=True):
+        if isinstance(item, ChangeSetResponse):
+            assert isinstance(back, ChangeSetResponse)
+            expected.append(
+                ChangeSetResponse([expected_response(i) for i in item.items], back.boundary)
+            )
+        else:
+            expected.append(expected_response(item))
+    assert decoded == expected
+
+
+@PROPERTY
+@given(items=request_items(flat_bodies), data=st.data())
+def test_any_line_end_may_be_bare_lf(items: list[BatchRequestItem], data: st.DataObject) -> None:
+    """Bodies without CR/LF: dropping the CR of any CRLF changes nothing decoded."""
+    body, content_type = encode_batch_request(items, boundary="batch_lf")
+    lines = body.split(b"\r\n")
+    ends = data.draw(
+        st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=len(lines), max_size=len(lines))
+    )
+    mixed = b"".join(line + end for line, end in zip(lines, ends, strict=True))[: -len(ends[-1])]
+    lf_only = body.replace(b"\r\n", b"\n")
+    expected = decode_batch_request(body, content_type)
+    assert decode_batch_request(mixed, content_type) == expected
+    assert decode_batch_request(lf_only, content_type) == expected
+
+
+# Lines a part can be made of: heads that share their first lines and differ after them (by a
+# Content-ID, a name in another case, a repeated name, a Content-Type), blank and malformed
+# lines, LF and CRLF; what a batch decodes to must not depend on the parts before (what one
+# decode call remembers), nor must the error.
+STEMS = [
+    ["Content-Type: application/http", "Content-Transfer-Encoding: binary"],
+    ["content-type:APPLICATION/HTTP "],
+]
+LAST_LINES = [
+    "Content-ID: 1", "Content-ID: 2", "content-id:  3 ", "X-A: 1", "x-a: 2",
+    "Content-ID: 4", "Content-ID: 5", "X-C: 1",
+    "Content-Type: text/plain", "Content-Type: application/http",
+    "Content-Transfer-Encoding: base64", "Content-Transfer-Encoding: binary",
+    "bad line", "  ", "é: 1", ":1",
+]  # fmt: skip
+HTTP_LINES = [
+    "Content-Length: 2", "content-length: 1", "Content-Length: x", "Prefer: a", "Content-ID: 9",
+    "X-B: 1", "x-b: 2", "", " ", "no colon", "OData-Version: 4.0",
+]  # fmt: skip
+line_ends = st.sampled_from(["\r\n", "\n"])
+
+
+@st.composite
+def part_texts(draw: st.DrawFn, start_lines: list[str]) -> str:
+    head = draw(st.sampled_from(STEMS)) + draw(
+        st.lists(st.sampled_from(LAST_LINES), min_size=1, max_size=3)
+    )
+    start = draw(st.sampled_from(start_lines))
+    http = draw(st.lists(st.sampled_from(HTTP_LINES), max_size=3))
+    lines = [*head, "", start, *http, "", draw(st.sampled_from(["{}", "", "{}\r\n", "x\n"]))]
+    return "".join(line + draw(line_ends) for line in lines[:-1]) + lines[-1]
+
+
+REQUEST_LINES = [
+    "PATCH /x HTTP/1.1",
+    "get /y HTTP/1.1",
+    "POST $1 HTTP/1.1",
+    "PATCH /x",
+    "TRACE / HTTP/1.1",
+]
+STATUS_LINES = ["HTTP/1.1 200 OK", "HTTP/1.1 204", "HTTP/1.1 201 Created ", "HTTP/1.1 x", "nope"]
+
+
+def batch_of(parts: list[str], boundary: str = "b") -> bytes:
+    return (
+        "".join(f"--{boundary}\r\n{part}\r\n" for part in parts).encode()
+        + f"--{boundary}--".encode()
+    )
+
+
+def outcome(decode: Callable[[bytes, str], list[Any]], body: bytes) -> tuple[str, object]:
+    try:
+        return "ok", decode(body, "multipart/mixed; boundary=b")
+    except MultipartError as exc:
+        return "error", str(exc)
+
+
+def assert_same_as_alone(decode: Callable[[bytes, str], list[Any]], parts: list[str]) -> None:
+    kind, result = outcome(decode, batch_of(parts))
+    alone = [outcome(decode, batch_of([part])) for part in parts]
+    if kind == "ok":
+        assert isinstance(result, list)
+        assert [("ok", [item]) for item in result] == alone
+        return
+    failed = next(i for i, (k, _) in enumerate(alone) if k == "error")
+    assert all(k == "ok" for k, _ in alone[:failed])
+    assert str(result).split(": ", 1)[1] == str(alone[failed][1]).split(": ", 1)[1]
+
+
+@ALONE
+@given(parts=st.lists(part_texts(REQUEST_LINES), min_size=2, max_size=8))
+def test_a_request_batch_reads_as_its_parts_alone(parts: list[str]) -> None:
+    assert_same_as_alone(decode_batch_request, parts)
+
+
+@ALONE
+@given(parts=st.lists(part_texts(STATUS_LINES), min_size=2, max_size=8))
+def test_a_response_batch_reads_as_its_parts_alone(parts: list[str]) -> None:
+    assert_same_as_alone(decode_batch_response, parts)
+
+
+@ALONE
+@given(parts=st.lists(part_texts(STATUS_LINES), min_size=2, max_size=8))
+def test_a_change_set_reads_as_its_parts_alone(parts: list[str]) -> None:
+    def in_changeset(inner: list[str]) -> str:
+        body = batch_of(inner, "cs").decode()
+        return f"Content-Type: multipart/mixed; boundary=cs\r\n\r\n{body}"
+
+    kind, result = outcome(decode_batch_response, batch_of([in_changeset(parts)]))
+    alone = [outcome(decode_batch_response, batch_of([in_changeset([part])])) for part in parts]
+    if kind == "ok":
+        assert isinstance(result, list) and isinstance(result[0], ChangeSetResponse)
+        assert [item for _, [changeset] in alone for item in changeset.items] == result[0].items  # type: ignore[misc]
+    else:
+        assert "error" in [k for k, _ in alone]
+
+
+# --- what the reader tolerates, and how it fails -------------------------------------------------
+
+
+def test_preamble_epilogue_padding_and_no_final_line_break() -> None:
+    body = (
+        b"This is a preamble.\r\n--b \t\r\nContent-Type: application/http\r\n\r\n"
+        b"GET /x HTTP/1.1\r\n\r\n\r\n--b--  \r\nepilogue --b\r\n"
+    )
+    items = decode_batch_request(body, "multipart/mixed; boundary=b")
+    assert items == [BatchPart("GET", "/x")]
+    assert (
+        decode_batch_request(body.split(b"--b--")[0] + b"--b--", "multipart/mixed; boundary=b")
+        == items
+    )
+
+
+def test_header_names_any_case_values_trimmed_later_line_wins() -> None:
+    body = (
+        b"--b\r\nCONTENT-TYPE :  Application/HTTP ; x\r\ncontent-transfer-encoding: BINARY\r\n"
+        b"Content-ID:  7 \r\n\r\n"
+        b"\t\r\n  \r\npatch /x HTTP/1.1\r\nX-A:  1  \r\nX-A: 2\r\nx-a: 3\r\n"
+        b"conTent-LENGTH: 2\r\n\r\n"
+        b"{}trailing\r\n--b--\r\n"
+    )
+    [part] = decode_batch_request(body, "multipart/mixed; boundary=b")
+    assert part == BatchPart(
+        "PATCH", "/x", {"X-A": "2", "x-a": "3", "conTent-LENGTH": "2"}, b"{}", "7"
+    )
+
+
+def test_a_lone_cr_stays_in_its_line() -> None:
+    body = b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200\r\r\n\r\n\r\n--b--"
+    with pytest.raises(MultipartError, match=r"malformed status line 'HTTP/1\.1 200\\r'"):
+        decode_batch_response(body, "multipart/mixed; boundary=b")
+    body = b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n--b--"
+    [item] = decode_batch_response(body, "multipart/mixed; boundary=b")
+    assert isinstance(item, BatchResponseItem) and item.headers == {"X": "a\rb"}
+
+
+def test_a_false_delimiter_inside_a_change_set_is_content() -> None:
+    inner = (
+        b"--cs\r\nContent-Type: application/http\r\nContent-ID: 1\r\n\r\n"
+        b"PATCH /x HTTP/1.1\r\n\r\n--csv\r\n--cs-x\r\n--cs --\r\n--cs--\r\n"
+    )
+    body = b"--b\r\nContent-Type: multipart/mixed; boundary=cs\r\n\r\n" + inner + b"--b--"
+    [changeset] = decode_batch_request(body, "multipart/mixed; boundary=b")
+    assert isinstance(changeset, ChangeSet)
+    assert changeset.parts == [BatchPart("PATCH", "/x", {}, b"--csv\r\n--cs-x\r\n--cs --", "1")]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 20x OK\r\n--b--",
+            "malformed status line",
+        ),
+        (b"--b\r\nContent-Type: application/http\r\n\r\n\r\n--b--", "status line is missing"),
+        (
+            b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 \xc2\xb2 OK\r\n--b--",
+            "malformed status",
+        ),
+        (
+            b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200 OK\r\n"
+            b"Content-Length: \xc2\xb2\r\n\r\n{}\r\n--b--",
+            "Content-Length '²' is not a number",
+        ),
+        (
+            b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200 OK\r\nX\xff: 1\r\n--b--",
+            "UTF-8",
+        ),
+        (
+            b"--b\r\nContent-Type: multipart/mixed; boundary=cs\r\n\r\n--cs\r\n"
+            b"Content-Type: application/http\r\n\r\nHTTP/1.1 200 OK\r\n--b--",
+            "batch response part 1: the closing delimiter --cs-- is missing",
+        ),
+        (b"--b\r\n\r\nHTTP/1.1 200 OK\r\n--b--", "not 'missing'"),
+    ],
+)
+def test_malformed_response_bodies(body: bytes, message: str) -> None:
+    with pytest.raises(MultipartError, match=message):
+        decode_batch_response(body, "multipart/mixed; boundary=b")
+
+
+def test_content_length_digits_without_value_are_malformed() -> None:
+    body = (
+        b"--b\r\nContent-Type: application/http\r\n\r\nPATCH /x HTTP/1.1\r\n"
+        b"Content-Length: \xc2\xb2\r\n\r\n{}\r\n--b--"
+    )
+    with pytest.raises(MultipartError, match="is not a number"):
+        decode_batch_request(body, "multipart/mixed; boundary=b")
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    method=st.sampled_from(["PATCH", "post"]),
+    targets=st.lists(st.tuples(urls, st.binary(max_size=20)), max_size=4),
+    headers=st.dictionaries(
+        names | st.sampled_from(["Content-Type", "content-length"]), values, max_size=3
+    ),
+)
+def test_uniform_requests_are_encoded_as_parts_are(
+    method: str, targets: list[tuple[str, bytes]], headers: dict[str, str]
+) -> None:
+    parts: list[BatchRequestItem] = [BatchPart(method, url, headers, body) for url, body in targets]
+    assert encode_uniform_requests(
+        method, targets, headers, boundary="b_1"
+    ) == encode_batch_request(parts, boundary="b_1")
+
+
+def test_encoded_parts_keep_header_order_and_unknown_statuses() -> None:
+    part = BatchPart("patch", "/x", {"prefer": "a", "content-type": "text/plain"}, b"{}", "5")
+    body, _ = encode_batch_request([part], boundary="b")
+    assert body == (
+        b"--b\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+        b"Content-ID: 5\r\n\r\nPATCH /x HTTP/1.1\r\nprefer: a\r\ncontent-type: text/plain\r\n"
+        b"Content-Length: 2\r\n\r\n{}\r\n--b--\r\n"
+    )
+    body, _ = encode_batch_response(
+        [BatchResponseItem(299), BatchResponseItem(200, reason="Fine")], boundary="r"
+    )
+    assert b"HTTP/1.1 299 Unknown\r\n" in body and b"HTTP/1.1 200 Fine\r\n" in body
+
+
+MIME = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (MIME + "Content-Type: text/plain", "must be application/http .*not 'text/plain'"),
+        (
+            "Content-Type: text/plain\r\nContent-Transfer-Encoding: binary\r\n"
+            "Content-Type: application/http",
+            None,
+        ),
+        (MIME + "Content-Transfer-Encoding: base64", "must be binary, not 'base64'"),
+        (MIME + "Content-ID: 4\r\ncontent-ID: 5", "5"),
+        # Names that differ by case: the first spelling keeps its place, the value set last wins.
+        (MIME + "content-id: 2\r\nContent-ID: 1\r\ncontent-id: 3", "1"),
+        (MIME + "X-A: 1", None),
+        (MIME + "content-type: multipart/mixed; boundary=c", "no --c delimiter found"),
+    ],
+)
+@pytest.mark.parametrize("after_another", [False, True])
+def test_the_last_head_line_counts(head: str, expected: str | None, after_another: bool) -> None:
+    """Heads that share their first lines with the part before and differ by the last one."""
+    parts = [f"{head}\r\n\r\nPATCH /x HTTP/1.1\r\n\r\n{{}}"]
+    if after_another:
+        parts.insert(0, f"{MIME}Content-ID: 1\r\n\r\nPATCH /p HTTP/1.1\r\n\r\n{{}}")
+    body = batch_of(parts)
+    if expected is not None and not expected.isdigit():
+        with pytest.raises(MultipartError, match=expected):
+            decode_batch_request(body, "multipart/mixed; boundary=b")
+        return
+    part = decode_batch_request(body, "multipart/mixed; boundary=b")[-1]
+    assert isinstance(part, BatchPart) and part.content_id == expected

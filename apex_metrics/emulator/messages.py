@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -45,31 +47,67 @@ class ApiRequest:
 
     def option(self, name: str) -> str | None:
         """A system query option such as ``$select`` (the last one wins)."""
-        value = None
-        for key, item in self.query:
-            if key == name:
-                value = item
-        return value
+        return option(self.query, name)
 
     def prefer(self) -> dict[str, str]:
         if self._prefer is None:
-            self._prefer = parse_prefer(self.header("prefer"))
+            self._prefer = prefer_of(self.header("prefer"))
         return self._prefer
 
     def json(self) -> Any:
         """The body as JSON; a 400 with a Dataverse error body when it is not."""
-        if len(self.body) > _MAX_PAYLOAD:
-            raise ApiError(413, "0x80040216", "The request payload is too large.")
-        try:
-            return json.loads(self.body or b"null", parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
-            raise bad_request(
-                f"The request body is not valid JSON: {str(exc)[:200]}", "0x80048d19"
-            ) from None
+        return decode_json(self.body)
+
+
+def option(query: list[tuple[str, str]], name: str) -> str | None:
+    """A system query option such as ``$select`` (the last one wins)."""
+    value = None
+    for key, item in query:
+        if key == name:
+            value = item
+    return value
+
+
+def prefer_of(header: str | None) -> dict[str, str]:
+    """``parse_prefer``; a batch repeats the same few Prefer values in every part: each short
+    one is parsed once."""
+    if header and len(header) <= 256:
+        return dict(_parsed_prefer(header))
+    return parse_prefer(header)
+
+
+def decode_json(body: bytes) -> Any:
+    """A request body as JSON; a 400 with a Dataverse error body when it is not."""
+    if len(body) > _MAX_PAYLOAD:
+        raise ApiError(413, "0x80040216", "The request payload is too large.")
+    raw = body or b"null"
+    # json.loads(raw, parse_constant=...) without building a decoder per call. A body that
+    # starts with "{" and no NUL is UTF-8 by json.detect_encoding's rules; an object that runs
+    # to the end of the text is what JSONDecoder.decode would return (anything else, an error
+    # included, goes through decode itself).
+    encoding = "utf-8" if raw[:1] == b"{" and raw[1:2] != b"\x00" else None
+    try:
+        text = raw.decode(encoding or json.detect_encoding(raw), "surrogatepass")
+        if encoding is not None:
+            try:
+                value, end = _scan_once(text, 0)
+            except (StopIteration, RecursionError):  # decode says which, at the usual depth
+                end = -1
+            if end == len(text):
+                return value
+        return _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(
+            f"The request body is not valid JSON: {str(exc)[:200]}", "0x80048d19"
+        ) from None
 
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_scan_once: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)
@@ -93,6 +131,8 @@ class ApiResponse:
 
 
 def dumps(data: Any) -> bytes:
+    if type(data) is dict and _encode_dict is not None:
+        return "".join(_encode_dict(data, 0)).encode()
     return _ENCODER.encode(data).encode()
 
 
@@ -103,6 +143,16 @@ def _default(value: Any) -> Any:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default)
+# What _ENCODER.encode builds for every call, built once: C encoder of the same settings
+# (without the circular-reference check; nothing encoded here refers to itself).
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_encode_dict: Any = (
+    _c_make_encoder(
+        None, _default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    if _c_make_encoder is not None
+    else None
+)
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:
@@ -117,6 +167,11 @@ def parse_prefer(header: str | None) -> dict[str, str]:
         if name:
             result[name] = value.strip().strip('"')
     return result
+
+
+@lru_cache(maxsize=256)
+def _parsed_prefer(header: str) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_prefer(header).items())
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
@@ -146,20 +201,25 @@ def split_target(target: str, base: str) -> tuple[str, list[tuple[str, str]]] | 
     ``None`` when the URL is not under ``/api/data/v9.x/`` of this environment.
     """
     path, _, query = target.partition("?")
-    if path.lower().startswith(("http://", "https://")):
+    if path[:8].lower().startswith(("http://", "https://")):
         scheme_end = path.index("//") + 2
         slash = path.find("/", scheme_end)
         path = "/" if slash < 0 else path[slash:]
-    if path.startswith("/") or _API_PREFIX.match(path):
-        match = _API_PREFIX.match(path)
-        if match is None:
-            return None
+    match = _API_PREFIX.match(path)
+    if match is not None:
         path = path[match.end() :]
+    elif path.startswith("/"):
+        return None
+    pairs = query_pairs(query)
+    return unquote(path, errors="strict"), pairs
+
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a query string, decoded."""
     try:
         if "%" in query or "+" in query:
-            pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
-        else:  # nothing to decode: split it directly (the common case inside a batch)
-            pairs = [_pair(item) for item in query.split("&") if item]
+            return parse_qsl(query, keep_blank_values=True, errors="strict")
+        # nothing to decode: split it directly (the common case inside a batch)
+        return [_pair(item) for item in query.split("&") if item]
     except (UnicodeDecodeError, ValueError):
         raise bad_request("The query string is not valid URL-encoded UTF-8.") from None
-    return unquote(path, errors="strict"), pairs

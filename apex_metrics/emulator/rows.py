@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +18,17 @@ from apex_metrics.emulator.errors import (
     not_found,
     unknown_property,
 )
-from apex_metrics.emulator.messages import ApiRequest, ApiResponse
-from apex_metrics.emulator.metadata import Entity, Key
+from apex_metrics.emulator.messages import JSON_TYPE, ApiRequest, ApiResponse, dumps, prefer_of
+from apex_metrics.emulator.metadata import Attribute, Entity, Key
 from apex_metrics.emulator.query import parse_select
-from apex_metrics.emulator.store import Store, utc_now_text
+from apex_metrics.emulator.store import Store, new_row_id, utc_now_text
 
 _GUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
 _ETAG = re.compile(r'^W/"(\d+)"$')
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 _SIMPLE_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)='([^']*)'$")
 _READ_ONLY = {"createdon", "modifiedon", "versionnumber"}
+_TEXT = frozenset({"String", "Memo"})
 
 
 @dataclass(slots=True)
@@ -89,16 +89,10 @@ def _key_literal(raw: str) -> Any:
     raise bad_request(f"Invalid key value '{raw[:100]}': quote strings as 'value'.")
 
 
-def parse_target(store: Store, entity: Entity, text: str) -> Target:
-    """Resolve ``SET(<guid>)``, ``SET(col='v')`` or ``SET(k1=1,k2='x')``."""
-    stripped = text.strip()
-    if _GUID.match(stripped):
-        return Target(text, row_id=stripped.lower())
+def _key_pairs(text: str) -> dict[str, Any]:
+    """The name=value pairs of a key segment that is not a plain ``name='text'``."""
     pairs: dict[str, Any] = {}
-    simple = _SIMPLE_KEY.match(stripped)
-    if simple is not None:
-        pairs[simple.group(1)] = simple.group(2)
-    for part in [] if simple else _split_key(stripped):
+    for part in _split_key(text.strip()):
         name, sep, raw = part.partition("=")
         name = name.strip()
         if not sep or not name:
@@ -106,11 +100,23 @@ def parse_target(store: Store, entity: Entity, text: str) -> Target:
         if name in pairs:
             raise bad_request(f"The key property '{name}' appears twice.")
         pairs[name] = _key_literal(raw)
-    if list(pairs) == [entity.primary_id]:
-        return Target(text, row_id=values.parse_guid(str(pairs[entity.primary_id])))
+    return pairs
+
+
+def parse_target(store: Store, entity: Entity, text: str) -> Target:
+    """Resolve ``SET(<guid>)``, ``SET(col='v')`` or ``SET(k1=1,k2='x')``."""
+    stripped = text.strip()
+    if _GUID.match(stripped):
+        return Target(text, row_id=stripped.lower())
+    simple = _SIMPLE_KEY.match(stripped)
+    pairs = {simple.group(1): simple.group(2)} if simple is not None else _key_pairs(text)
+    primary_id = entity.primary_id
+    if len(pairs) == 1 and primary_id in pairs:
+        return Target(text, row_id=values.parse_guid(str(pairs[primary_id])))
     store.activate_keys(entity, time.time())
+    names = set(pairs)
     for key in entity.keys.values():
-        if set(key.key_attributes) == set(pairs):
+        if set(key.key_attributes) == names:
             if key.status != "Active":
                 raise bad_request(
                     f"The alternate key '{key.schema_name}' of entity '{entity.logical_name}' is"
@@ -128,14 +134,19 @@ def parse_target(store: Store, entity: Entity, text: str) -> Target:
     )
 
 
-def render(entity: Entity, row: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
-    """A stored row as Web API JSON (``@odata.etag``, the primary key, then the columns)."""
-    out: dict[str, Any] = {"@odata.etag": f'W/"{row["versionnumber"]}"'}
-    out[entity.primary_id] = row[entity.primary_id]
-    names = select if select is not None else list(entity.attributes)
-    for name in names:
-        if name != entity.primary_id:
-            out[name] = values.to_json(entity.attributes[name], row.get(name))
+def render(
+    entity: Entity, row: dict[str, Any], select: list[str] | None, context: str | None = None
+) -> dict[str, Any]:
+    """A stored row as Web API JSON (``@odata.context`` when given, ``@odata.etag``, the
+    primary key, then the columns)."""
+    out: dict[str, Any] = {} if context is None else {"@odata.context": context}
+    out["@odata.etag"] = f'W/"{row["versionnumber"]}"'
+    primary_id = entity.primary_id
+    out[primary_id] = row[primary_id]
+    attributes = entity.attributes
+    for name in select if select is not None else list(attributes):
+        if name != primary_id:
+            out[name] = values.to_json(attributes[name], row.get(name))
     return out
 
 
@@ -144,18 +155,87 @@ def check_body(entity: Entity, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", values.PAYLOAD)
     clean: dict[str, Any] = {}
+    attributes = entity.attributes
+    logical_name = entity.logical_name
+    plan = _CHECK_PLANS.get(attributes, tuple(body))
+    if plan is not None:  # every name known: convert the values in order
+        for (name, column, step, limit, conversion), value in zip(plan, body.values(), strict=True):
+            if step is _DROP:
+                continue
+            if value is None:
+                clean[name] = None
+            elif (
+                step is _TEXT_STEP and type(value) is str and (limit is None or len(value) <= limit)
+            ):
+                clean[name] = value  # what to_storage answers for valid text
+            else:
+                clean[name] = conversion(column, logical_name, value)
+        return clean
+    converters = values.CONVERTERS
     for name, value in body.items():
         if "@" in name:
             if name.startswith("@odata."):
                 continue
-            raise unknown_property(name.split("@", 1)[0], entity.logical_name)
-        attr = entity.attributes.get(name)
+            raise unknown_property(name.split("@", 1)[0], logical_name)
+        attr = attributes.get(name)
         if attr is None:
-            raise unknown_property(name, entity.logical_name)
+            raise unknown_property(name, logical_name)
         if name in _READ_ONLY:
             continue
-        clean[name] = values.to_storage(attr, entity.logical_name, value)
+        if value is None:
+            clean[name] = None
+            continue
+        kind = attr.kind
+        if type(value) is str and kind in _TEXT:
+            max_length = attr.max_length
+            if max_length is None or len(value) <= max_length:
+                clean[name] = value  # what to_storage answers for valid text
+                continue
+        convert = converters.get(kind)
+        if convert is None:
+            clean[name] = values.to_storage(attr, logical_name, value)  # raises the type error
+        else:
+            clean[name] = convert(attr, logical_name, value)
     return clean
+
+
+_DROP, _TEXT_STEP, _CONVERT = "drop", "text", "convert"
+_CheckStep = tuple[str, Attribute, str, int | None, values.Converter]
+_ANNOTATION = Attribute("", "", "String")  # what an "@odata." name stands for: nothing
+
+
+def _drop(attr: Attribute, entity: str, value: Any) -> Any:
+    raise AssertionError("a dropped column is never converted")
+
+
+def _check_plan(
+    attributes: dict[str, Attribute], names: tuple[str, ...]
+) -> list[_CheckStep] | None:
+    """How check_body treats each name of a body; None when one of them is an error (then
+    check_body's loop finds it, after converting the values before it)."""
+    plan: list[_CheckStep] = []
+    for name in names:
+        if "@" in name:
+            if not name.startswith("@odata."):
+                return None
+            plan.append((name, _ANNOTATION, _DROP, None, _drop))
+            continue
+        attr = attributes.get(name)
+        if attr is None:
+            return None
+        convert = values.CONVERTERS.get(attr.kind)
+        if convert is None:
+            return None
+        if name in _READ_ONLY:
+            plan.append((name, attr, _DROP, None, _drop))
+        elif attr.kind in _TEXT:
+            plan.append((name, attr, _TEXT_STEP, attr.max_length, convert))
+        else:
+            plan.append((name, attr, _CONVERT, None, convert))
+    return plan
+
+
+_CHECK_PLANS = values.ColumnPlans(_check_plan)
 
 
 def version_mismatch() -> ApiError:
@@ -183,9 +263,10 @@ class RowWriter:
 
     def insert(self, values_: dict[str, Any], row_id: str | None = None) -> dict[str, Any]:
         entity = self.entity
-        row_id = row_id or values_.pop(entity.primary_id, None) or str(uuid.uuid4())
+        primary_id = entity.primary_id
+        row_id = row_id or values_.pop(primary_id, None) or new_row_id()
         now = utc_now_text()
-        row = {**values_, entity.primary_id: row_id, "createdon": now, "modifiedon": now}
+        row = {**values_, primary_id: row_id, "createdon": now, "modifiedon": now}
         row["versionnumber"] = self.store.next_version()
         try:
             self.store.insert(entity, row)
@@ -193,15 +274,8 @@ class RowWriter:
             raise self._duplicate(exc, row) from None
         self.store.counts["rows.created"] += 1
         if entity.audit:
-            changes = [
-                {
-                    "logicalName": k,
-                    "oldValue": None,
-                    "newValue": values.to_json(entity.attributes[k], v),
-                }
-                for k, v in values_.items()
-            ]
-            self.store.audit(entity, row_id, 1, self.user_id, changes)
+            changedata = values.created_text(entity.attributes, values_)
+            self.store.audit(entity, row_id, 1, self.user_id, changedata)
         return row
 
     def update(self, old: dict[str, Any], values_: dict[str, Any]) -> dict[str, Any]:
@@ -219,15 +293,8 @@ class RowWriter:
             raise self._duplicate(exc, {**old, **changes}) from None
         self.store.counts["rows.updated"] += 1
         if entity.audit:
-            audit = [
-                {
-                    "logicalName": k,
-                    "oldValue": values.to_json(entity.attributes[k], old.get(k)),
-                    "newValue": values.to_json(entity.attributes[k], v),
-                }
-                for k, v in values_.items()
-            ]
-            self.store.audit(entity, row_id, 2, self.user_id, audit)
+            changedata = values.updated_text(entity.attributes, old, values_)
+            self.store.audit(entity, row_id, 2, self.user_id, changedata)
         return {**old, **changes}
 
     def delete(self, old: dict[str, Any]) -> None:
@@ -236,12 +303,8 @@ class RowWriter:
         self.store.delete(entity, row_id)
         self.store.counts["rows.deleted"] += 1
         if entity.audit:
-            audit = [
-                {"logicalName": k, "oldValue": values.to_json(a, old.get(k)), "newValue": None}
-                for k, a in entity.attributes.items()
-                if a.is_custom and old.get(k) is not None
-            ]
-            self.store.audit(entity, row_id, 3, self.user_id, audit)
+            changedata = values.deleted_text(entity.attributes, old)
+            self.store.audit(entity, row_id, 3, self.user_id, changedata)
 
     def _duplicate(self, exc: sqlite3.IntegrityError, row: dict[str, Any]) -> ApiError:
         entity = self.entity
@@ -263,33 +326,32 @@ def _entity_uri(request: ApiRequest, entity: Entity, key_text: str) -> str:
     return f"{request.service_root}/{entity.entity_set_name}({key_text})"
 
 
-def _representation(
-    request: ApiRequest,
+def representation(
+    root: str,
     entity: Entity,
     row: dict[str, Any],
     status: int,
     location: str,
     select: list[str] | None,
 ) -> ApiResponse:
-    body = {
-        "@odata.context": f"{request.service_root}/$metadata#{entity.entity_set_name}/$entity",
-        **render(entity, row, select),
-    }
+    body = render(entity, row, select, f"{root}/$metadata#{entity.entity_set_name}/$entity")
     headers = {
+        "Content-Type": JSON_TYPE,
+        "OData-Version": "4.0",
         "Preference-Applied": "return=representation",
         "OData-EntityId": location,
         "ETag": body["@odata.etag"],
     }
-    return ApiResponse.json(status, body, headers)
+    return ApiResponse(status, headers, dumps(body))
 
 
 def _wants_body(request: ApiRequest) -> bool:
     return request.prefer().get("return") == "representation"
 
 
-def _detects_duplicates(entity: Entity, request: ApiRequest) -> bool:
+def _detects_duplicates(entity: Entity, headers: dict[str, str]) -> bool:
     """Rule-based duplicate detection runs only when asked for and enabled on the table."""
-    header = request.header("mscrm.suppressduplicatedetection")
+    header = headers.get("mscrm.suppressduplicatedetection")
     return entity.duplicate_detection and (header or "").strip().lower() == "false"
 
 
@@ -315,13 +377,13 @@ def create(store: Store, entity: Entity, request: ApiRequest) -> ApiResponse:
     clean = check_body(entity, request.json())
     select = parse_select(entity, request.option("$select"))
     row_id = clean.pop(entity.primary_id, None)
-    if _detects_duplicates(entity, request):
+    if _detects_duplicates(entity, request.headers):
         check_duplicates(store, entity, clean, row_id)
     with store.atomic():
         row = RowWriter(store, entity, request.caller.user_id).insert(clean, row_id)
     location = _entity_uri(request, entity, row[entity.primary_id])
     if _wants_body(request):
-        return _representation(request, entity, row, 201, location, select)
+        return representation(request.service_root, entity, row, 201, location, select)
     return ApiResponse.empty(204, {"OData-EntityId": location, "Location": location})
 
 
@@ -343,19 +405,34 @@ def retrieve(store: Store, entity: Entity, target: Target, request: ApiRequest) 
 
 def upsert(store: Store, entity: Entity, target: Target, request: ApiRequest) -> ApiResponse:
     """PATCH SET(key): update, or create when missing (If-Match / If-None-Match restrict it)."""
-    clean = check_body(entity, request.json())
-    select = parse_select(entity, request.option("$select"))
-    if_match = request.header("if-match")
-    if_none_match = request.header("if-none-match")
+    return upsert_row(
+        store, entity, target, request.json(), request.option("$select"), request.headers,
+        request.service_root, request.caller.user_id,
+    )  # fmt: skip
+
+
+def upsert_row(
+    store: Store,
+    entity: Entity,
+    target: Target,
+    body: Any,
+    select_text: str | None,
+    headers: dict[str, str],
+    root: str,
+    user_id: str,
+) -> ApiResponse:
+    """``upsert`` of a decoded body (``headers``: names in lower case; ``root``: the service
+    root URL); ``$batch`` calls it directly for its parts."""
+    clean = check_body(entity, body)
+    select = parse_select(entity, select_text)
     with store.atomic():
         row, created = apply_upsert(
-            store, entity, target, clean, request.caller.user_id, if_match, if_none_match,
-            detect_duplicates=_detects_duplicates(entity, request),
+            store, entity, target, clean, user_id, headers.get("if-match"),
+            headers.get("if-none-match"), detect_duplicates=_detects_duplicates(entity, headers),
         )  # fmt: skip
-    location = _entity_uri(request, entity, target.text)
-    if _wants_body(request):
-        status = 201 if created else 200
-        return _representation(request, entity, row, status, location, select)
+    location = f"{root}/{entity.entity_set_name}({target.text})"
+    if prefer_of(headers.get("prefer")).get("return") == "representation":
+        return representation(root, entity, row, 201 if created else 200, location, select)
     return ApiResponse.empty(204, {"OData-EntityId": location})
 
 
@@ -371,8 +448,27 @@ def apply_upsert(
     detect_duplicates: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Upsert one row inside the caller's transaction; returns (row, created)."""
-    writer = RowWriter(store, entity, user_id)
     old = store.fetch_one(entity, target.where(entity))
+    return write_upsert(
+        store, entity, target, clean, user_id, old, if_match, if_none_match,
+        detect_duplicates=detect_duplicates,
+    )  # fmt: skip
+
+
+def write_upsert(
+    store: Store,
+    entity: Entity,
+    target: Target,
+    clean: dict[str, Any],
+    user_id: str,
+    old: dict[str, Any] | None,
+    if_match: str | None = None,
+    if_none_match: str | None = None,
+    *,
+    detect_duplicates: bool = False,
+) -> tuple[dict[str, Any], bool]:
+    """``apply_upsert`` once the target's row (``old``, None when there is none) was read."""
+    writer = RowWriter(store, entity, user_id)
     if detect_duplicates:
         check_duplicates(store, entity, clean, old[entity.primary_id] if old else target.row_id)
     if if_none_match is not None and if_none_match.strip() == "*" and old is not None:

@@ -9,10 +9,10 @@ changes for change tracking and gives each row its ``@odata.etag``.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -49,6 +49,25 @@ def utc_now_text() -> str:
         _clock[0] = now
         _clock[1] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return str(_clock[1])
+
+
+def audit_id() -> str:
+    """A new audit id: nanoseconds since the epoch, then 64 random bits, so ids sort in time
+    order (the default order of the ``audits`` entity set): ``str(uuid.UUID(int=(ns << 64) |
+    secrets.randbits(64)))``, written out directly (ns < 2**64 until the year 2554)."""
+    ns = f"{time.time_ns():016x}"
+    bits = os.urandom(8).hex()
+    return f"{ns[:8]}-{ns[8:12]}-{ns[12:]}-{bits[:4]}-{bits[4:]}"
+
+
+def new_row_id() -> str:
+    """``str(uuid.uuid4())``, written out directly: 16 random bytes with the version (4) and
+    variant (RFC 4122) bits set as ``uuid.UUID(bytes=..., version=4)`` sets them."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    digits = raw.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def quote(name: str) -> str:
@@ -162,6 +181,10 @@ class Store:
         else:
             self.conn.execute(f"RELEASE {name}")
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
     def atomic(self) -> AbstractContextManager[None]:
         """A transaction when none is open; inside one, nothing (for single-row writes, whose
         only failing step is their one statement, so they leave nothing half-written)."""
@@ -267,19 +290,13 @@ class Store:
         )
 
     def audit(
-        self,
-        entity: Entity,
-        row_id: str,
-        action: int,
-        user_id: str,
-        changes: list[dict[str, Any]],
+        self, entity: Entity, row_id: str, action: int, user_id: str, changedata: str
     ) -> None:
-        """Record a create (1), update (2) or delete (3) with old and new values."""
-        # Audit ids sort in time order (default order of the ``audits`` entity set).
-        audit_id = uuid.UUID(int=(time.time_ns() << 64) | secrets.randbits(64))
+        """Record a create (1), update (2) or delete (3); ``changedata`` is the JSON text of its
+        old and new values (see ``values.created_text`` and its siblings)."""
         self._audit.append(
             (
-                str(audit_id),
+                audit_id(),
                 time.time_ns(),
                 entity.logical_name,
                 row_id,
@@ -287,7 +304,7 @@ class Store:
                 action,
                 user_id,
                 utc_now_text(),
-                json.dumps({"changedAttributes": changes}),
+                changedata,
             )
         )
 

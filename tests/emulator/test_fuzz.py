@@ -171,6 +171,8 @@ def test_paths_and_methods_never_500(
 ) -> None:
     if method == "DELETE" and "EntityDefinitions" in path and "Keys" in path:
         return  # dropping the key would change what the other examples test
-    safe_path = quote(path, safe="/()=',$")
+    # httpx drops a relative path's leading slashes when it joins it to the base URL, and
+    # refuses one that starts with "//": drop them here.
+    safe_path = quote(path.lstrip("/"), safe="/()=',$")
     response = fuzz_client.request(method, safe_path, content=json.dumps(body).encode())
     assert_not_500(response)

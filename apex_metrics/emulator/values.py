@@ -266,14 +266,7 @@ def created_text(attributes: dict[str, Attribute], values: dict[str, Any]) -> st
         plan = [_audit_step(attributes, name) for name in values]
     items = []
     for (_, head, attr, plain), value in zip(plan, values.values(), strict=True):
-        if value is None:
-            text = "null"
-        elif not plain:
-            text = json_of(attr, value)
-        elif type(value) is str:
-            text = _ascii_json(value)
-        else:
-            text = int.__repr__(value) if type(value) is int else json_text(value)
+        text = json_text(value) if plain else json_of(attr, value)
         items.append(head + 'null, "newValue": ' + text + "}")
     return '{"changedAttributes": [' + ", ".join(items) + "]}"
 
@@ -289,21 +282,9 @@ def updated_text(
     for (name, head, attr, plain), value in zip(plan, values.values(), strict=True):
         before = old.get(name)
         if plain:
-            if type(before) is str:
-                old_text = _ascii_json(before)
-            elif before is None:
-                old_text = "null"
-            else:
-                old_text = int.__repr__(before) if type(before) is int else json_text(before)
-            if type(value) is str:
-                new_text = _ascii_json(value)
-            elif value is None:
-                new_text = "null"
-            else:
-                new_text = int.__repr__(value) if type(value) is int else json_text(value)
+            old_text, new_text = json_text(before), json_text(value)
         else:
-            old_text = json_of(attr, before)
-            new_text = json_of(attr, value)
+            old_text, new_text = json_of(attr, before), json_of(attr, value)
         items.append(head + old_text + ', "newValue": ' + new_text + "}")
     return '{"changedAttributes": [' + ", ".join(items) + "]}"
 

@@ -122,6 +122,9 @@ CREATE TRIGGER apex_metrics_notify_updated
     REFERENCING OLD TABLE AS apex_old_rows NEW TABLE AS apex_new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_notify_pending();
 
+-- Never JIT-compiled (0005_triggers_without_jit): see the panel section.
+ALTER FUNCTION apex_metrics_notify_pending() SET jit = off;
+
 -- Rows still to export: never exported, or changed since their last export.
 CREATE VIEW v_campaign_metrics_pending AS
 SELECT id, campaign_id, run_id, phase, agents_total, agents_successful, assets_generated,
@@ -640,3 +643,9 @@ CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_delete
 CREATE OR REPLACE TRIGGER apex_metrics_panel_rollup_truncate
     AFTER TRUNCATE ON campaign_metrics
     FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_panel_rollup_truncated();
+
+-- (0005_triggers_without_jit) Transition tables are always estimated at 1,000 rows, so with JIT
+-- on these statements were compiled at every firing (about a second each): never compile them.
+ALTER FUNCTION apex_metrics_panel_rollup_inserted() SET jit = off;
+ALTER FUNCTION apex_metrics_panel_rollup_updated() SET jit = off;
+ALTER FUNCTION apex_metrics_panel_rollup_deleted() SET jit = off;

@@ -42,6 +42,22 @@ class EngineConfig:
     listen: bool = True
 
 
+def engine_conninfo(database_url: str) -> str:
+    """The engine's connection string: its application name, and JIT compilation off.
+
+    Every statement of the engine is small and frequent; PostgreSQL's JIT (on by default where
+    the server has LLVM) compiles any statement whose estimated cost passes ``jit_above_cost``,
+    which costs far more than it saves here. Options already in the URL are kept.
+    """
+    options = conninfo.conninfo_to_dict(database_url).get("options")
+    jit_off = "-c jit=off"
+    return conninfo.make_conninfo(
+        database_url,
+        application_name=APPLICATION_NAME,
+        options=f"{options} {jit_off}" if options else jit_off,
+    )
+
+
 def process_id() -> str:
     """A lease-owner prefix unique to this process (host, pid, random)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -87,9 +103,7 @@ class Engine:
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
         try:
-            url = conninfo.make_conninfo(
-                self.config.database_url, application_name=APPLICATION_NAME
-            )
+            url = engine_conninfo(self.config.database_url)
             async with db.open_pool(url, min_size=1, max_size=self.config.workers + 2) as pool:
                 queue = Queue(pool)
                 try:

@@ -96,6 +96,11 @@ def machine() -> list[str]:
         with psycopg.connect(url, connect_timeout=5) as conn:
             row = conn.execute("SHOW server_version").fetchone()
             pg = str(row[0]) if row else pg
+            settings = []
+            for name in ("autovacuum", "jit", "fsync", "synchronous_commit"):
+                value = conn.execute(f"SHOW {name}").fetchone()
+                settings.append(f"{name} {value[0] if value else '?'}")
+            pg += f" ({', '.join(settings)})"
     except Exception as exc:  # a report without the version is still a report
         pg = f"unavailable ({type(exc).__name__})"
     return [

@@ -262,7 +262,7 @@ class RowWriter:
             raise self._duplicate(exc, row) from None
         self.store.counts["rows.created"] += 1
         if entity.audit:
-            changedata = values.created_text(entity.attributes, values_)
+            changedata = self.store.changedata.created(entity, values_)
             self.store.audit(entity, row_id, 1, self.user_id, changedata)
         return row
 
@@ -281,7 +281,7 @@ class RowWriter:
             raise self._duplicate(exc, {**old, **changes}) from None
         self.store.counts["rows.updated"] += 1
         if entity.audit:
-            changedata = values.updated_text(entity.attributes, old, values_)
+            changedata = self.store.changedata.updated(entity, old, values_)
             self.store.audit(entity, row_id, 2, self.user_id, changedata)
         return {**old, **changes}
 

@@ -25,8 +25,16 @@ CREATE TABLE IF NOT EXISTS emu_audit (
     changedata TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS emu_audit_object ON emu_audit (objecttypecode, objectid);
--- Audit rows as the Web API's ``audits`` entity set shows them.
-CREATE VIEW IF NOT EXISTS e_audit AS
+-- The lists of columns that compact changedata refers to (see changedata.py).
+CREATE TABLE IF NOT EXISTS emu_audit_plans (
+    id INTEGER PRIMARY KEY,
+    entity TEXT NOT NULL,
+    names TEXT NOT NULL
+);
+-- Audit rows as the Web API's ``audits`` entity set shows them (changedata rendered by the
+-- emulator's SQLite function; re-created at every start, so older files get it too).
+DROP VIEW IF EXISTS e_audit;
+CREATE VIEW e_audit AS
 SELECT auditid, seq AS versionnumber, objectid AS _objectid_value, objecttypecode, action, operation,
-       userid AS _userid_value, createdon, changedata
+       userid AS _userid_value, createdon, emu_changedata(changedata) AS changedata
 FROM emu_audit;

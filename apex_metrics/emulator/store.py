@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from apex_metrics.emulator.changedata import ChangeData
 from apex_metrics.emulator.metadata import Attribute, Entity, Key
 
 _SQL_TYPES = {
@@ -121,6 +122,7 @@ class Store:
         self.signing_key = self._load_meta()
         for (definition,) in self.conn.execute("SELECT definition FROM emu_entities"):
             self._remember(Entity.from_record(json.loads(definition)))
+        self.changedata = ChangeData(self.conn, self.entities)
 
     def _load_meta(self) -> bytes:
         rows = dict(self.conn.execute("SELECT key, value FROM emu_meta").fetchall())
@@ -142,6 +144,7 @@ class Store:
                 self.conn.execute(f"DROP TABLE IF EXISTS {quote(entity.table)}")
             for table in ("emu_entities", "emu_deleted", "emu_audit"):
                 self.conn.execute(f"DELETE FROM {table}")
+            self.changedata.forget()
             self.version = 0
         self.entities.clear()
         self.by_set.clear()
@@ -293,7 +296,7 @@ class Store:
         self, entity: Entity, row_id: str, action: int, user_id: str, changedata: str
     ) -> None:
         """Record a create (1), update (2) or delete (3); ``changedata`` is the JSON text of its
-        old and new values (see ``values.created_text`` and its siblings)."""
+        old and new values (``values.deleted_text``), or its compact form (``self.changedata``)."""
         self._audit.append(
             (
                 audit_id(),
@@ -310,6 +313,7 @@ class Store:
 
     def _flush_audit(self) -> None:
         if self._audit:
+            self.changedata.save()
             self.conn.executemany(
                 "INSERT INTO emu_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._audit
             )

@@ -42,7 +42,7 @@ def test_changedata_reads_the_same_after_a_restart(tmp_path: Path) -> None:
         body, content_type = encode_batch_request([upsert("r2", {"apex_agentstotal": 3})])
         answer = client.post("$batch", content=body, headers={"Content-Type": content_type})
         assert answer.status_code == 200
-        second = {"apex_costusd": None, "apex_phase": "é\"\\", "apex_tokensin": 7}
+        second = {"apex_costusd": None, "apex_phase": 'é"\\', "apex_tokensin": 7}
         assert client.patch(f"{SET}(apex_runid='r1')", json=second).status_code == 204
         before = audit_texts(client)
         stored = sqlite3.connect(config.db_path).execute("SELECT changedata FROM emu_audit")

@@ -52,23 +52,34 @@ def utc_now_text() -> str:
     return str(_clock[1])
 
 
-def audit_id() -> str:
-    """A new audit id: nanoseconds since the epoch, then 64 random bits, so ids sort in time
-    order (the default order of the ``audits`` entity set): ``str(uuid.UUID(int=(ns << 64) |
+_last_ns = [0]
+
+
+def _sequential_guid() -> str:
+    """A GUID whose first 64 bits are nanoseconds since the epoch (one more than the last one
+    given, when the clock has not moved on) and whose last 64 bits are random: ids sort in the
+    order they were made, as text, and are unique ``str(uuid.UUID(int=(ns << 64) |
     secrets.randbits(64)))``, written out directly (ns < 2**64 until the year 2554)."""
-    ns = f"{time.time_ns():016x}"
+    ns = time.time_ns()
+    if ns <= _last_ns[0]:
+        ns = _last_ns[0] + 1
+    _last_ns[0] = ns
+    high = f"{ns:016x}"
     bits = os.urandom(8).hex()
-    return f"{ns[:8]}-{ns[8:12]}-{ns[12:]}-{bits[:4]}-{bits[4:]}"
+    return f"{high[:8]}-{high[8:12]}-{high[12:]}-{bits[:4]}-{bits[4:]}"
+
+
+def audit_id() -> str:
+    """A new audit id, in time order (the default order of the ``audits`` entity set)."""
+    return _sequential_guid()
 
 
 def new_row_id() -> str:
-    """``str(uuid.uuid4())``, written out directly: 16 random bytes with the version (4) and
-    variant (RFC 4122) bits set as ``uuid.UUID(bytes=..., version=4)`` sets them."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    digits = raw.hex()
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    """The id of a row created without one. Like the platform's own ids (Dataverse assigns
+    sequential GUIDs so that its primary key indexes take new rows at their end), these sort in
+    the order they were made; inserting them costs the emulator's id and audit indexes about
+    half of what random ``uuid4`` ids cost."""
+    return _sequential_guid()
 
 
 def quote(name: str) -> str:

@@ -418,15 +418,18 @@ def test_value_helpers_match_the_standard_library() -> None:
             got = ("error", exc.message)
         assert got == expected, body
 
-    for _ in range(200):
-        raw = uuid.uuid4().bytes
-        with mock.patch("os.urandom", return_value=raw):
-            assert store.new_row_id() == str(uuid.UUID(bytes=raw, version=4))
-        ns = 1_700_000_000_123_456_789
-        with mock.patch("os.urandom", return_value=raw[:8]), mock.patch("time.time_ns") as now:
-            now.return_value = ns
-            expected = str(uuid.UUID(int=(ns << 64) | int.from_bytes(raw[:8])))
+    ns = 1_700_000_000_123_456_789
+    for n in range(200):
+        raw = uuid.uuid4().bytes[:8]
+        last = mock.patch.object(store, "_last_ns", [0])  # as if no id was made yet
+        with last, mock.patch("os.urandom", return_value=raw), mock.patch("time.time_ns") as now:
+            now.return_value = ns + 1000 * n
+            expected = str(uuid.UUID(int=((ns + 1000 * n) << 64) | int.from_bytes(raw)))
             assert store.audit_id() == expected
+            now.return_value = ns  # the clock went back: one more than the last id's time
+            assert store.new_row_id() == str(
+                uuid.UUID(int=((ns + 1000 * n + 1) << 64) | int.from_bytes(raw))
+            )
 
 
 def test_check_body_plans_answer_as_its_loop(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import uuid
 
 import httpx
 import pytest
 
 from apex_metrics.testing import RunningEmulator
 from tests.emulator.conftest import SET
+
+ID = "apex_campaignmetricsid"
 
 
 def test_create_answers_204_with_entity_id(client: httpx.Client, table: str) -> None:
@@ -220,6 +223,24 @@ def test_upsert_by_id_creates_with_that_id(client: httpx.Client, table: str) -> 
     assert updated.status_code == 200
     assert updated.json()["apex_campaignmetricsid"] == row_id
     assert client.get(f"{SET}(apex_runid='by-id')").json()["apex_tokensin"] == 3
+
+
+def test_ids_the_service_assigns_are_sequential(client: httpx.Client, table: str) -> None:
+    """Rows created without an id get GUIDs that sort in the order the rows were made, as the
+    platform's sequential GUIDs do (single creates, key upserts and a $batch alike)."""
+    made = []
+    for n in range(5):
+        answer = client.post(SET, json={"apex_runid": f"seq-{n}"})
+        made.append(answer.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")"))
+        answer = client.patch(f"{SET}(apex_runid='seq-key-{n}')", json={"apex_tokensin": n})
+        assert answer.status_code == 204
+        made.append(client.get(f"{SET}(apex_runid='seq-key-{n}')").json()[ID])
+    assert all(str(uuid.UUID(made_id)) == made_id for made_id in made)
+    assert made == sorted(made) and len(set(made)) == len(made)
+    listed = client.get(SET, params={"$select": "apex_runid", "$orderby": ID}).json()
+    assert [row["apex_runid"] for row in listed["value"]] == [
+        name for n in range(5) for name in (f"seq-{n}", f"seq-key-{n}")
+    ]
 
 
 def test_oversized_payload_is_413(emulator: RunningEmulator, client: httpx.Client) -> None:

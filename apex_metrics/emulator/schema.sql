@@ -24,7 +24,10 @@ CREATE TABLE IF NOT EXISTS emu_audit (
     createdon TEXT NOT NULL,
     changedata TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS emu_audit_object ON emu_audit (objecttypecode, objectid);
+-- A row's history ($filter=_objectid_value eq ...). An older file's index led with the table
+-- name, which that filter does not give, so it was never used: dropped.
+DROP INDEX IF EXISTS emu_audit_object;
+CREATE INDEX IF NOT EXISTS emu_audit_row ON emu_audit (objectid);
 -- The lists of columns that compact changedata refers to (see changedata.py).
 CREATE TABLE IF NOT EXISTS emu_audit_plans (
     id INTEGER PRIMARY KEY,

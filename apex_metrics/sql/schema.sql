@@ -80,8 +80,13 @@ BEGIN
 END
 $$;
 
+-- Only for updates that set a data column or version (0006): the sync engine's bookkeeping
+-- updates never need it.
 CREATE TRIGGER apex_metrics_mark_changed
-    BEFORE UPDATE ON campaign_metrics
+    BEFORE UPDATE OF campaign_id, run_id, phase, agents_total, agents_successful,
+        assets_generated, tokens_in, tokens_out, cost_usd, latency_p95_ms, latency_avg_ms,
+        success_rate, created_at, version
+    ON campaign_metrics
     FOR EACH ROW EXECUTE FUNCTION apex_metrics_mark_changed();
 
 -- NOTIFY apex_metrics_pending once per statement with the ids that became pending:

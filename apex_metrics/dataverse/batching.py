@@ -20,8 +20,10 @@ import httpx
 
 from apex_metrics.dataverse.errors import DataverseError, error_for_status, parse_error_body
 from apex_metrics.dataverse.multipart import (
+    BatchResponseItem,
     MultipartError,
     decode_batch_response,
+    decode_response_statuses,
     encode_uniform_requests,
     flatten_responses,
 )
@@ -139,9 +141,14 @@ def _without_key(body: Mapping[str, Any], key_column: str) -> dict[str, Any]:
 
 def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> list[UpsertOutcome]:
     """One outcome per item from a ``$batch`` answer (positions must match)."""
-    try:
-        answers = flatten_responses(
-            decode_batch_response(response.content, response.headers.get("Content-Type"))
+    content_type = response.headers.get("Content-Type")
+    answers: Sequence[int | BatchResponseItem]
+    try:  # a success's status is all this needs: its headers and body are not read
+        quick = decode_response_statuses(response.content, content_type)
+        answers = (
+            quick
+            if quick is not None
+            else flatten_responses(decode_batch_response(response.content, content_type))
         )
     except MultipartError as exc:
         raise DataverseError(f"$batch answer could not be read: {exc}") from exc
@@ -152,6 +159,12 @@ def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> l
         ]
     outcomes = []
     for (key_value, _body), answer in zip(items, answers, strict=True):
+        if type(answer) is int:  # a 2xx
+            outcomes.append(
+                UpsertOutcome(key_value, answer, "created" if answer == 201 else "updated")
+            )
+            continue
+        assert isinstance(answer, BatchResponseItem)
         status = answer.status
         if 200 <= status < 300:  # answer.ok, outcome_of(status): inline, this runs per row
             outcomes.append(

@@ -678,6 +678,40 @@ def decode_batch_response(body: bytes, content_type: str | None) -> list[BatchRe
     return items
 
 
+def decode_response_statuses(
+    body: bytes, content_type: str | None
+) -> list[int | BatchResponseItem] | None:
+    """The answer to each top-level part of a ``$batch`` response, for a caller that needs only
+    the status of a success: an ``int`` for a part whose status line (its first line) says 2xx,
+    the whole response (``decode_batch_response``'s) for any other part. None when the batch
+    has a change set or a part that is not plain ``application/http``: decode it whole.
+
+    A success's header lines and body are not read, so they are not checked either; everything
+    else is read and checked as ``decode_batch_response`` does, with the same errors.
+    """
+    boundary = parse_boundary(content_type)
+    memo = _Memo()
+    answers: list[int | BatchResponseItem] = []
+    for index, (start, end) in enumerate(
+        _split(body, boundary, "batch response", 0, len(body)), start=1
+    ):
+        where = f"batch response part {index}"
+        part = _open_part(body, start, end, where, memo)
+        head, content = part[0], part[1]
+        if not head.is_http:
+            return None
+        line_end = body.find(b"\n", content, end)
+        line = body[content : line_end if line_end >= 0 else end]
+        # "HTTP/1.1 2xx" and then a space or the line's end: the 2xx that _status_words reads
+        if line[:9] == b"HTTP/1.1 " and line[9:10] == b"2" and line[10:12].isdigit():
+            rest = line[12:13]
+            if rest in (b" ", b"\r", b""):
+                answers.append(int(line[9:12]))
+                continue
+        answers.append(_decode_response(part, body, end, where, memo))
+    return answers
+
+
 def flatten_responses(items: Iterable[BatchResponsePart]) -> list[BatchResponseItem]:
     """Every response in order, change sets expanded in place."""
     flat: list[BatchResponseItem] = []

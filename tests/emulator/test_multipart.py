@@ -22,6 +22,7 @@ from apex_metrics.dataverse.multipart import (
     MultipartError,
     decode_batch_request,
     decode_batch_response,
+    decode_response_statuses,
     encode_batch_request,
     encode_batch_response,
     encode_uniform_requests,
@@ -600,6 +601,62 @@ def test_a_false_delimiter_inside_a_change_set_is_content() -> None:
     [changeset] = decode_batch_request(body, "multipart/mixed; boundary=b")
     assert isinstance(changeset, ChangeSet)
     assert changeset.parts == [BatchPart("PATCH", "/x", {}, b"--csv\r\n--cs-x\r\n--cs --", "1")]
+
+
+@PROPERTY
+@given(items=st.lists(responses, max_size=6), changeset=st.booleans())
+def test_statuses_are_the_responses_with_successes_cut_short(
+    items: list[BatchResponseItem], changeset: bool
+) -> None:
+    """``decode_response_statuses``: a 2xx answers its status, any other the whole response;
+    a batch with a change set is left to ``decode_batch_response``."""
+    parts: list[BatchResponsePart] = (
+        [*items, ChangeSetResponse(items[:1])] if changeset else [*items]
+    )
+    body, content_type = encode_batch_response(parts)
+    quick = decode_response_statuses(body, content_type)
+    if changeset:
+        assert quick is None
+        return
+    full = flatten_responses(decode_batch_response(body, content_type))
+    assert quick == [r.status if 200 <= r.status < 300 else r for r in full]
+
+
+@ALONE
+@given(parts=st.lists(part_texts(STATUS_LINES), min_size=1, max_size=8))
+def test_statuses_read_and_fail_as_the_whole_decode(parts: list[str]) -> None:
+    """Part by part as ``decode_batch_response`` reads it, and with its errors, except that
+    the header lines and body of a success are not read (nor checked); a batch answers as its
+    parts alone, up to the first error or part that is not application/http."""
+    expected: tuple[str, object] = ("ok", [])
+    for part in parts:
+        quick = outcome(decode_response_statuses, batch_of([part]))  # type: ignore[arg-type]
+        full = outcome(decode_batch_response, batch_of([part]))
+        if quick[0] == "error":
+            assert full == quick
+        elif quick[1] is None:  # not application/http: the whole decode says why
+            assert full[0] == "error"
+        else:
+            [answer] = quick[1]  # type: ignore[misc]
+            if isinstance(answer, int):
+                assert 200 <= answer < 300
+                if full[0] == "ok":
+                    assert full[1][0].status == answer  # type: ignore[index]
+                else:  # what only a success's header lines could have shown
+                    assert "status line" not in str(full[1])
+            else:
+                assert full == ("ok", [answer])
+        if expected[0] == "ok" and expected[1] is not None:
+            if quick[0] == "error" or quick[1] is None:
+                expected = quick
+            else:
+                expected[1].extend(quick[1])  # type: ignore[union-attr, arg-type]
+    got = outcome(decode_response_statuses, batch_of(parts))  # type: ignore[arg-type]
+    if expected[0] == "error":
+        assert got[0] == "error"
+        assert str(got[1]).split(": ", 1)[1] == str(expected[1]).split(": ", 1)[1]
+    else:
+        assert got == expected
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -26,6 +25,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sync_harness import process_cpu_seconds
 
 from apex_metrics import testing
 from apex_metrics.dataverse.multipart import (
@@ -74,12 +75,6 @@ def batch_bodies(batches: int, prefix: str) -> list[tuple[bytes, str]]:
 
 
 CpuClock = Callable[[], float]
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (Linux ``/proc``), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)

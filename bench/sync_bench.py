@@ -6,7 +6,9 @@
    Run twice: as is (the emulator answers in well under a millisecond), and with
    ``--latency-ms`` (20 by default) added to every request, closer to a real round trip.
    Then the emulator alone is timed on pre-encoded ``$batch`` bodies of the same rows: no
-   engine can deliver faster than that, so it bounds the ratio on the machine at hand.
+   engine can deliver faster than that, so it bounds the ratio on the machine at hand. The
+   engine's run also reports its CPU per row: the engine's process, the emulator's, and the
+   rest of the machine (PostgreSQL's backends, mostly), since all three share the cores.
 2. Dataverse requests per 1,000 rows (engine vs old design).
 3. End-to-end latency from the committing INSERT to the row being readable through the
    emulator's Web API, p50/p95/p99, inserts at a steady rate with the engine running.
@@ -29,7 +31,14 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from sync_harness import Bench, bench_stack, percentile, requests_of, scratch_database
+from sync_harness import (
+    Bench,
+    CpuSplit,
+    bench_stack,
+    percentile,
+    requests_of,
+    scratch_database,
+)
 
 from apex_metrics.dataverse.batching import decode_upserts, encode_upserts
 from apex_metrics.dataverse.client import MAX_BATCH
@@ -114,9 +123,13 @@ async def bench_throughput(
         await insert_rows(b.url, rows, prefix="run-")
         config = engine_config(b.settings, workers=workers, once=True, batch_size=1000)
         before = requests_of(await b.emulator_stats())
+        assert b.emulator_pid is not None
+        cpu = CpuSplit(b.emulator_pid)
+        cpu.start()
         started = time.perf_counter()
         stats = await run_sync(b.settings, config, handle_signals=False)
         new_seconds = time.perf_counter() - started
+        cpu.stop()
         new_requests = requests_of(await b.emulator_stats()) - before
         check = await verdict(b.url, b.client)
         # after the verdict: these rows are in Dataverse only
@@ -139,6 +152,7 @@ async def bench_throughput(
         "alone_rows_per_s": alone_rate,
         "ceiling": alone_rate / old_rate,
         "check": check,
+        "cpu": cpu.line(max(stats.delivered, 1)),
     }
 
 
@@ -316,6 +330,7 @@ async def main() -> int:
             f"engine     {t['rows']:>7,} rows in {t['engine_seconds']:6.1f} s = "
             f"{t['engine_rows_per_s']:8.0f} rows/s  ({check_line(t['check'])})"
         )
+        say(f"  {t['cpu']}")
         say(
             f"old design {t['old_rows']:>7,} rows in {t['old_seconds']:6.1f} s = "
             f"{t['old_rows_per_s']:8.0f} rows/s"

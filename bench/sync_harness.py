@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,6 +57,7 @@ class Bench:
     emulator: RunningEmulator
     settings: Settings
     client: DataverseClient
+    emulator_pid: int | None = None  # the emulator's own process (``separate``), else None
 
     async def emulator_stats(self) -> dict[str, Any]:
         async with httpx.AsyncClient() as http:
@@ -72,14 +76,70 @@ class Bench:
 @contextmanager
 def emulator_process(
     requests_per_window: int | None = None, latency_ms: float = 0.0
-) -> Iterator[RunningEmulator]:
+) -> Iterator[tuple[RunningEmulator, int]]:
     """``apex-metrics emulator`` in its own process with the default limits (or
-    ``requests_per_window``) and ``latency_ms`` added to every request."""
+    ``requests_per_window``) and ``latency_ms`` added to every request; and its process id."""
     options = ["--latency-ms", str(latency_ms)]
     if requests_per_window is not None:
         options += ["--requests-per-window", str(requests_per_window)]
-    with testing.emulator_process(*options) as (emu, _pid):
-        yield emu
+    with testing.emulator_process(*options) as served:
+        yield served
+
+
+@contextmanager
+def thread_emulator(config: EmulatorConfig) -> Iterator[tuple[RunningEmulator, None]]:
+    with running_emulator(config) as emu:
+        yield emu, None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (Linux ``/proc``), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy, all cores (Linux ``/proc/stat``), in seconds."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuSplit:
+    """Where the CPU went while something ran: this process (the engine), the emulator's
+    process, and everything else on the machine (PostgreSQL's backends, mostly)."""
+
+    emulator_pid: int
+    started: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    used: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    wall: float = 0.0
+
+    def _now(self) -> tuple[float, float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return (
+            usage.ru_utime + usage.ru_stime,
+            process_cpu_seconds(self.emulator_pid),
+            busy_cpu_seconds(),
+        )
+
+    def start(self) -> None:
+        self.started = self._now()
+        self.wall = time.perf_counter()
+
+    def stop(self) -> None:
+        now = self._now()
+        self.wall = time.perf_counter() - self.wall
+        engine, emulator, busy = (b - a for a, b in zip(self.started, now, strict=True))
+        self.used = (engine, emulator, max(0.0, busy - engine - emulator))
+
+    def line(self, rows: int) -> str:
+        engine, emulator, rest = (seconds / rows * 1e6 for seconds in self.used)
+        busy = sum(self.used) / (self.wall * (os.cpu_count() or 1))
+        return (
+            f"CPU per row: engine {engine:.0f} us, emulator {emulator:.0f} us, PostgreSQL and "
+            f"the rest {rest:.0f} us (the {os.cpu_count()} cores {busy:.0%} busy)"
+        )
 
 
 @asynccontextmanager
@@ -98,9 +158,9 @@ async def bench_stack(
         serving = (
             emulator_process(requests_per_window, latency_ms)
             if separate
-            else running_emulator(config)
+            else thread_emulator(config)
         )
-        with serving as emu:
+        with serving as (emu, pid):
             settings = Settings(  # type: ignore[call-arg]
                 _env_file=None, database_url=url, dataverse_url=emu.url
             )
@@ -108,7 +168,7 @@ async def bench_stack(
                 report = await provision(client, poll_interval=0.05, key_timeout=30)
                 if report.problems:
                     raise RuntimeError(f"provisioning failed: {report.problems}")
-                yield Bench(url, emu, settings, client)
+                yield Bench(url, emu, settings, client, pid)
 
 
 def requests_of(stats: dict[str, Any]) -> int:

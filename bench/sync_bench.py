@@ -5,8 +5,9 @@
    The old design runs on a sample (it is ~1 request per row; its rate is what is compared).
    Run twice: as is (the emulator answers in well under a millisecond), and with
    ``--latency-ms`` (20 by default) added to every request, closer to a real round trip.
-   Then the emulator alone is timed on pre-encoded ``$batch`` bodies of the same rows: no
-   engine can deliver faster than that, so it bounds the ratio on the machine at hand. The
+   Then the emulator alone is timed on pre-encoded ``$batch`` bodies of the same rows (twice,
+   the faster run counts): no engine can deliver faster than that, so it bounds the ratio on
+   the machine at hand. The
    engine's run also reports its CPU per row: the engine's process, the emulator's, and the
    rest of the machine (PostgreSQL's backends, mostly), since all three share the cores.
 2. Dataverse requests per 1,000 rows (engine vs old design).
@@ -72,7 +73,9 @@ async def old_design(b: Bench) -> tuple[int, float]:
     return len(rows), time.perf_counter() - started
 
 
-async def emulator_alone(b: Bench, rows: int, concurrency: int) -> tuple[int, float]:
+async def emulator_alone(
+    b: Bench, rows: int, concurrency: int, prefix: str = "alone"
+) -> tuple[int, float]:
     """The emulator by itself: ``rows`` new rows shaped like the engine's (copies of its rows
     under other keys) as ``$batch`` bodies of 1,000 upserts, encoded before the clock starts and
     sent ``concurrency`` at a time, answers checked after it stops. No database and almost no
@@ -82,7 +85,7 @@ async def emulator_alone(b: Bench, rows: int, concurrency: int) -> tuple[int, fl
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute("SELECT * FROM campaign_metrics ORDER BY id LIMIT %s", (rows,))
         source = await cur.fetchall()
-    items = [(f"alone-{n:07d}", dataverse_body(row)) for n, row in enumerate(source)]
+    items = [(f"{prefix}-{n:07d}", dataverse_body(row)) for n, row in enumerate(source)]
     chunks = [items[i : i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
     bodies = [encode_upserts(b.client.api_url, ENTITY_SET, ALTERNATE_KEY_COLUMN, c) for c in chunks]
     pending = list(range(len(bodies)))
@@ -132,8 +135,15 @@ async def bench_throughput(
         cpu.stop()
         new_requests = requests_of(await b.emulator_stats()) - before
         check = await verdict(b.url, b.client)
-        # after the verdict: these rows are in Dataverse only
-        n_alone, alone_seconds = await emulator_alone(b, min(rows, 20_000), workers)
+        # after the verdict: these rows are in Dataverse only. Twice, new rows each time, and
+        # the faster run counts: a run of a second or two shows any hiccup of the machine.
+        n_alone, alone_seconds = min(
+            [
+                await emulator_alone(b, min(rows, 20_000), workers, prefix=f"alone{n}")
+                for n in range(2)
+            ],
+            key=lambda run: run[1] / run[0],
+        )
     old_rate = n_old / old_seconds
     new_rate = stats.delivered / new_seconds
     alone_rate = n_alone / alone_seconds
@@ -337,7 +347,8 @@ async def main() -> int:
         )
         say(f"ratio      {t['ratio']:.0f}x (goal >= 50x)")
         say(
-            f"emulator alone {t['alone_rows']:,} rows (pre-encoded $batch, no database) = "
+            f"emulator alone {t['alone_rows']:,} rows (pre-encoded $batch, no database, "
+            f"best of 2 runs) = "
             f"{t['alone_rows_per_s']:.0f} rows/s: the ratio cannot pass {t['ceiling']:.0f}x "
             f"against this emulator here; the engine reached "
             f"{t['engine_rows_per_s'] / t['alone_rows_per_s']:.0%} of it"

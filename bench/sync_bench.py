@@ -7,9 +7,9 @@
    ``--latency-ms`` (20 by default) added to every request, closer to a real round trip.
    Then the emulator alone is timed on pre-encoded ``$batch`` bodies of the same rows (twice,
    the faster run counts): no engine can deliver faster than that, so it bounds the ratio on
-   the machine at hand. The
-   engine's run also reports its CPU per row: the engine's process, the emulator's, and the
-   rest of the machine (PostgreSQL's backends, mostly), since all three share the cores.
+   the machine at hand. The engine's run also reports its CPU per row: the engine's process,
+   the emulator's, and the rest of the machine (PostgreSQL's backends, mostly), since all
+   three share the cores.
 2. Dataverse requests per 1,000 rows (engine vs old design).
 3. End-to-end latency from the committing INSERT to the row being readable through the
    emulator's Web API, p50/p95/p99, inserts at a steady rate with the engine running.

@@ -111,9 +111,10 @@ class CpuSplit:
     process, and everything else on the machine (PostgreSQL's backends, mostly)."""
 
     emulator_pid: int
-    started: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    used: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    wall: float = 0.0
+    started: tuple[float, float, float] = (0.0, 0.0, 0.0)  # CPU seconds, as ``_now`` reads them
+    started_at: float = 0.0  # perf_counter at start
+    used: tuple[float, float, float] = (0.0, 0.0, 0.0)  # engine, emulator, the rest
+    wall: float = 0.0  # seconds from start to stop
 
     def _now(self) -> tuple[float, float, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -125,11 +126,11 @@ class CpuSplit:
 
     def start(self) -> None:
         self.started = self._now()
-        self.wall = time.perf_counter()
+        self.started_at = time.perf_counter()
 
     def stop(self) -> None:
         now = self._now()
-        self.wall = time.perf_counter() - self.wall
+        self.wall = time.perf_counter() - self.started_at
         engine, emulator, busy = (b - a for a, b in zip(self.started, now, strict=True))
         self.used = (engine, emulator, max(0.0, busy - engine - emulator))
 

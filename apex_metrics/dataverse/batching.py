@@ -142,14 +142,13 @@ def _without_key(body: Mapping[str, Any], key_column: str) -> dict[str, Any]:
 def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> list[UpsertOutcome]:
     """One outcome per item from a ``$batch`` answer (positions must match)."""
     content_type = response.headers.get("Content-Type")
-    answers: Sequence[int | BatchResponseItem]
+    answers: list[int | BatchResponseItem]
     try:  # a success's status is all this needs: its headers and body are not read
         quick = decode_response_statuses(response.content, content_type)
-        answers = (
-            quick
-            if quick is not None
-            else flatten_responses(decode_batch_response(response.content, content_type))
-        )
+        if quick is None:  # a change set, or a part to decode whole: the same shape
+            flat = flatten_responses(decode_batch_response(response.content, content_type))
+            quick = [a.status if 200 <= a.status < 300 else a for a in flat]
+        answers = quick
     except MultipartError as exc:
         raise DataverseError(f"$batch answer could not be read: {exc}") from exc
     if len(answers) != len(items):
@@ -159,18 +158,12 @@ def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> l
         ]
     outcomes = []
     for (key_value, _body), answer in zip(items, answers, strict=True):
-        if type(answer) is int:  # a 2xx
+        if type(answer) is int:  # a 2xx; outcome_of(status) inline, this runs per row
             outcomes.append(
                 UpsertOutcome(key_value, answer, "created" if answer == 201 else "updated")
             )
             continue
         assert isinstance(answer, BatchResponseItem)
-        status = answer.status
-        if 200 <= status < 300:  # answer.ok, outcome_of(status): inline, this runs per row
-            outcomes.append(
-                UpsertOutcome(key_value, status, "created" if status == 201 else "updated")
-            )
-            continue
         code, message = parse_error_body(answer.body)
         error = error_for_status(
             answer.status,

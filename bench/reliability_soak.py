@@ -141,9 +141,7 @@ async def soak_sigkill(rows: int, rounds: int, processes: int) -> bool:
             p.send_signal(signal.SIGTERM)
             codes.append(p.wait(30))
         leased = (
-            await execute(
-                b.url, "SELECT count(*) FROM campaign_metrics WHERE sync_lease_owner IS NOT NULL"
-            )
+            await execute(b.url, "SELECT count(*) FROM sync_leases WHERE lease_owner IS NOT NULL")
         )[0][0]
         v = await verdict(b.url, b.client)
     print(

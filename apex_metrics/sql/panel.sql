@@ -209,8 +209,9 @@ SELECT max(created_at) FROM campaign_metrics;
 SELECT last_value, is_called FROM apex_metrics_panel_change_seq;
 
 -- name: has_sync_engine
--- Whether the sync engine's migration (sync_runs and the sync_* columns) is applied.
+-- Whether the sync engine's migrations (sync_runs, sync_leases, the sync_* columns) are applied.
 SELECT to_regclass('sync_runs') IS NOT NULL
+   AND to_regclass('sync_leases') IS NOT NULL
    AND EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_schema = current_schema() AND table_name = 'campaign_metrics'
                  AND column_name = 'sync_dead_version');
@@ -221,12 +222,13 @@ SELECT count(*), min(updated_at) FROM v_campaign_metrics_pending;
 
 -- name: sync_health
 -- Pending, in flight, dead, and the oldest pending row that is neither (sync lag).
-SELECT count(*) FILTER (WHERE sync_dead_version <> version),
-       count(*) FILTER (WHERE sync_lease_until >= now()),
-       count(*) FILTER (WHERE sync_dead_version = version),
-       min(updated_at) FILTER (WHERE sync_dead_version <> version)
-FROM campaign_metrics
-WHERE exported_version < version;
+SELECT count(*) FILTER (WHERE c.sync_dead_version <> c.version),
+       count(*) FILTER (WHERE l.lease_until >= now()),
+       count(*) FILTER (WHERE c.sync_dead_version = c.version),
+       min(c.updated_at) FILTER (WHERE c.sync_dead_version <> c.version)
+FROM campaign_metrics AS c
+LEFT JOIN sync_leases AS l ON l.id = c.id
+WHERE c.exported_version < c.version;
 
 -- name: sync_runs
 -- The newest sync runs (the flow run history).

@@ -143,11 +143,8 @@ WHERE exported_version < version;
 -- ============================================================================================
 
 -- Bookkeeping on the row (none of it bumps version) and the run history; see 0002_sync.sql.
+-- Leases and attempt counts are in sync_leases (0007_sync_leases.sql).
 ALTER TABLE campaign_metrics
-    ADD COLUMN sync_lease_owner text,
-    ADD COLUMN sync_lease_until timestamptz,
-    ADD COLUMN sync_attempts integer NOT NULL DEFAULT 0,
-    ADD COLUMN sync_attempt_version bigint NOT NULL DEFAULT 0,
     ADD COLUMN sync_next_attempt_at timestamptz,
     ADD COLUMN sync_dead_version bigint NOT NULL DEFAULT 0,
     ADD COLUMN sync_last_error_code text,
@@ -156,8 +153,38 @@ ALTER TABLE campaign_metrics
 
 -- The claim scans idx_campaign_metrics_pending (0001): pending rows in id order.
 
--- Room in every page for the claim's lease update to be HOT (no index entries rewritten).
-ALTER TABLE campaign_metrics SET (fillfactor = 70);
+-- One row per claimed row not yet delivered: its lease (while in flight) and its attempts.
+CREATE TABLE sync_leases (
+    id bigint PRIMARY KEY,  -- campaign_metrics.id
+    lease_owner text,
+    lease_until timestamptz,
+    attempts integer NOT NULL DEFAULT 0,
+    attempt_version bigint NOT NULL DEFAULT 0
+);
+
+-- A lease goes with its row (deleted, or truncated).
+CREATE FUNCTION apex_metrics_forget_leases() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE sync_leases;
+    ELSE
+        DELETE FROM sync_leases AS l USING apex_old_rows AS o WHERE l.id = o.id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+ALTER FUNCTION apex_metrics_forget_leases() SET jit = off;
+
+CREATE TRIGGER apex_metrics_forget_leases_deleted
+    AFTER DELETE ON campaign_metrics
+    REFERENCING OLD TABLE AS apex_old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_forget_leases();
+
+CREATE TRIGGER apex_metrics_forget_leases_truncated
+    AFTER TRUNCATE ON campaign_metrics
+    FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_forget_leases();
 
 -- Recent errors for `sync status` (only rows that ever failed are indexed).
 CREATE INDEX idx_campaign_metrics_sync_errors

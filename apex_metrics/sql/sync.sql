@@ -4,32 +4,46 @@
 
 -- name: claim_batch
 -- Lease up to %(limit)s pending rows that are not dead, not leased (or whose lease expired) and
--- due for an attempt. The CTE is an optimisation fence: the LIMIT applies before the UPDATE.
--- Returns the current row values and the version they belong to. created_at comes as
--- Dataverse text (UTC, whole seconds), so that no stored value (e.g. a year past 9999, which
--- Python cannot load) can make the claim itself fail and block the queue.
+-- due for an attempt. The candidates are locked (SKIP LOCKED: rows another claim holds are
+-- passed over), not rewritten: the lease is a row of sync_leases. Its upsert takes only rows
+-- whose lease is still free when it runs (a claim that committed after this statement began is
+-- seen there), so a row is never leased twice. Returns the values of the locked rows, the
+-- version they belong to and the attempt this is. created_at comes as Dataverse text (UTC,
+-- whole seconds), so that no stored value (e.g. a year past 9999, which Python cannot load)
+-- can make the claim itself fail and block the queue.
 WITH candidates AS (
-    SELECT id
-    FROM campaign_metrics
-    WHERE exported_version < version
-      AND sync_dead_version <> version
-      AND (sync_lease_until IS NULL OR sync_lease_until < clock_timestamp())
-      AND (sync_next_attempt_at IS NULL OR sync_next_attempt_at <= clock_timestamp())
-    ORDER BY id
+    SELECT c.id, c.version,
+        c.campaign_id, c.run_id, c.phase, c.agents_total, c.agents_successful,
+        c.assets_generated, c.tokens_in, c.tokens_out, c.cost_usd, c.latency_p95_ms,
+        c.latency_avg_ms, c.success_rate,
+        to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at
+    FROM campaign_metrics AS c
+    WHERE c.exported_version < c.version
+      AND c.sync_dead_version <> c.version
+      AND (c.sync_next_attempt_at IS NULL OR c.sync_next_attempt_at <= clock_timestamp())
+      AND NOT EXISTS (
+          SELECT FROM sync_leases AS l
+          WHERE l.id = c.id AND l.lease_until >= clock_timestamp()
+      )
+    ORDER BY c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF c SKIP LOCKED
+), leased AS (
+    INSERT INTO sync_leases AS l (id, lease_owner, lease_until, attempts, attempt_version)
+    SELECT id, %(owner)s, clock_timestamp() + make_interval(secs => %(lease_seconds)s), 1, version
+    FROM candidates
+    ON CONFLICT (id) DO UPDATE
+    SET lease_owner = excluded.lease_owner,
+        lease_until = excluded.lease_until,
+        attempts = CASE WHEN l.attempt_version = excluded.attempt_version
+                        THEN l.attempts + 1 ELSE 1 END,
+        attempt_version = excluded.attempt_version
+    WHERE l.lease_until IS NULL OR l.lease_until < clock_timestamp()
+    RETURNING l.id, l.attempts
 )
-UPDATE campaign_metrics AS c
-SET sync_lease_owner = %(owner)s,
-    sync_lease_until = clock_timestamp() + make_interval(secs => %(lease_seconds)s),
-    sync_attempts = CASE WHEN c.sync_attempt_version = c.version
-                         THEN c.sync_attempts + 1 ELSE 1 END,
-    sync_attempt_version = c.version
-WHERE c.id = ANY(ARRAY(SELECT id FROM candidates))
-RETURNING c.id, c.version, c.sync_attempts AS attempts,
-    c.campaign_id, c.run_id, c.phase, c.agents_total, c.agents_successful, c.assets_generated,
-    c.tokens_in, c.tokens_out, c.cost_usd, c.latency_p95_ms, c.latency_avg_ms, c.success_rate,
-    to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at;
+SELECT c.*, leased.attempts
+FROM candidates AS c
+JOIN leased USING (id);
 
 -- name: start_run
 -- Open a run record for a claimed batch (same transaction as the claim).
@@ -42,29 +56,35 @@ INSERT INTO sync_runs (worker, claimed) VALUES (%(worker)s, %(claimed)s) RETURNI
 SET LOCAL enable_nestloop = off;
 
 -- name: ack_delivered
--- Fenced acknowledgement: only rows still leased by this claim are touched. The exported
--- version moves only where the row still has the version that was sent; a row changed in
--- flight keeps its lease released and stays pending, so its latest values go out next.
--- Returns one row per acknowledged id with `current` = false for rows changed in flight.
+-- Fenced acknowledgement: only rows still leased by this claim are touched (their lease is
+-- deleted, and with it the attempt count). The exported version moves only where the row
+-- still has the version that was sent; a row changed in flight stays pending, so its latest
+-- values go out next. Returns one row per acknowledged id with `current` = false for rows
+-- changed in flight.
 WITH d AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(versions)s::bigint[]) AS d(id, version)
+), mine AS (
+    DELETE FROM sync_leases AS l
+    USING d
+    WHERE l.id = ANY(%(ids)s::bigint[])  -- drives the primary key index, not a scan
+      AND l.id = d.id AND l.lease_owner = %(owner)s
+    RETURNING l.id, d.version
+), done AS (
+    UPDATE campaign_metrics AS c
+    SET exported_version = mine.version,
+        exported_at = clock_timestamp(),
+        sync_next_attempt_at = NULL,
+        sync_last_error_code = NULL,
+        sync_last_error = NULL,
+        sync_last_error_at = NULL
+    FROM mine
+    WHERE c.id = ANY(%(ids)s::bigint[])
+      AND c.id = mine.id AND c.version = mine.version
+    RETURNING c.id
 )
-UPDATE campaign_metrics AS c
-SET exported_version = CASE WHEN c.version = d.version THEN d.version
-                            ELSE c.exported_version END,
-    exported_at = CASE WHEN c.version = d.version THEN clock_timestamp()
-                       ELSE c.exported_at END,
-    sync_lease_owner = NULL,
-    sync_lease_until = NULL,
-    sync_next_attempt_at = NULL,
-    sync_attempts = 0,
-    sync_last_error_code = NULL,
-    sync_last_error = NULL,
-    sync_last_error_at = NULL
-FROM d
-WHERE c.id = ANY(%(ids)s::bigint[])  -- drives the primary key index, not a scan of the table
-  AND c.id = d.id AND c.sync_lease_owner = %(owner)s
-RETURNING c.id, (c.version = d.version) AS current;
+SELECT mine.id, (done.id IS NOT NULL) AS current
+FROM mine
+LEFT JOIN done USING (id);
 
 -- name: record_failures
 -- Fenced failure bookkeeping for rows of this claim: release the lease, keep the error, then
@@ -77,13 +97,18 @@ WITH f AS (
                 %(delays)s::float8[], %(counted)s::boolean[], %(codes)s::text[],
                 %(messages)s::text[])
         AS f(id, version, dead, delay, counted, code, message)
+), mine AS (
+    UPDATE sync_leases AS l
+    SET lease_owner = NULL,
+        lease_until = NULL,
+        attempts = CASE WHEN f.counted THEN l.attempts ELSE greatest(l.attempts - 1, 0) END
+    FROM f
+    WHERE l.id = ANY(%(ids)s::bigint[])
+      AND l.id = f.id AND l.lease_owner = %(owner)s
+    RETURNING l.id
 )
 UPDATE campaign_metrics AS c
-SET sync_lease_owner = NULL,
-    sync_lease_until = NULL,
-    sync_attempts = CASE WHEN f.counted THEN c.sync_attempts
-                         ELSE greatest(c.sync_attempts - 1, 0) END,
-    sync_dead_version = CASE WHEN f.dead AND c.version = f.version THEN f.version
+SET sync_dead_version = CASE WHEN f.dead AND c.version = f.version THEN f.version
                              ELSE c.sync_dead_version END,
     sync_next_attempt_at = CASE WHEN c.version <> f.version OR f.dead THEN NULL
                                 ELSE clock_timestamp() + make_interval(secs => f.delay) END,
@@ -91,30 +116,35 @@ SET sync_lease_owner = NULL,
     sync_last_error = f.message,
     sync_last_error_at = clock_timestamp()
 FROM f
+JOIN mine ON mine.id = f.id
 WHERE c.id = ANY(%(ids)s::bigint[])
-  AND c.id = f.id AND c.sync_lease_owner = %(owner)s
+  AND c.id = f.id
 RETURNING c.id, (f.dead AND c.version = f.version) AS dead;
 
 -- name: release_claim
 -- Give back every row still leased by one claim, without counting the attempt (shutdown,
 -- a database error before the send, a batch-level failure that is not the rows' fault).
-UPDATE campaign_metrics
-SET sync_lease_owner = NULL,
-    sync_lease_until = NULL,
-    sync_attempts = greatest(sync_attempts - 1, 0),
-    sync_next_attempt_at = CASE WHEN %(delay)s::float8 > 0
-                                THEN clock_timestamp() + make_interval(secs => %(delay)s::float8)
-                                ELSE sync_next_attempt_at END
-WHERE sync_lease_owner = %(owner)s;
+-- With a delay, the rows wait that long before their next attempt.
+WITH released AS (
+    UPDATE sync_leases
+    SET lease_owner = NULL,
+        lease_until = NULL,
+        attempts = greatest(attempts - 1, 0)
+    WHERE lease_owner = %(owner)s
+    RETURNING id
+)
+UPDATE campaign_metrics AS c
+SET sync_next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s::float8)
+FROM released
+WHERE %(delay)s::float8 > 0 AND c.id = released.id;
 
 -- name: release_owner_prefix
 -- Give back every lease of one worker process (owner tokens are '<process>:<worker>:<n>').
-UPDATE campaign_metrics
-SET sync_lease_owner = NULL,
-    sync_lease_until = NULL,
-    sync_attempts = greatest(sync_attempts - 1, 0)
-WHERE sync_lease_owner LIKE %(prefix)s || '%%'
-  AND exported_version < version;
+UPDATE sync_leases
+SET lease_owner = NULL,
+    lease_until = NULL,
+    attempts = greatest(attempts - 1, 0)
+WHERE lease_owner LIKE %(prefix)s || '%%';
 
 -- name: finish_run
 -- Close the run record of a batch (same transaction as the ack).
@@ -132,12 +162,14 @@ WHERE id = %(run_id)s AND ended_at IS NULL;  -- a run is closed once
 -- name: next_due
 -- Seconds until the earliest retryable row is due (NULL when nothing is waiting); rows leased
 -- by live claims are left to their owners. Used by `sync --once` to wait for retries.
-SELECT extract(epoch FROM min(coalesce(sync_next_attempt_at, clock_timestamp()))
+SELECT extract(epoch FROM min(coalesce(c.sync_next_attempt_at, clock_timestamp()))
                      - clock_timestamp())::float8 AS seconds
-FROM campaign_metrics
-WHERE exported_version < version
-  AND sync_dead_version <> version
-  AND (sync_lease_until IS NULL OR sync_lease_until < clock_timestamp());
+FROM campaign_metrics AS c
+WHERE c.exported_version < c.version
+  AND c.sync_dead_version <> c.version
+  AND NOT EXISTS (
+      SELECT FROM sync_leases AS l WHERE l.id = c.id AND l.lease_until >= clock_timestamp()
+  );
 
 -- name: prune_runs
 -- Retention of the run history.
@@ -161,19 +193,21 @@ DELETE FROM sync_processes WHERE id = %(id)s;
 -- The queue at a glance: pending (waiting, incl. retrying), in flight, dead, retrying, and
 -- the age in seconds of the oldest undelivered change (lag; dead rows excluded).
 SELECT
-    count(*) FILTER (WHERE sync_dead_version <> version
-                       AND (sync_lease_until IS NULL OR sync_lease_until < clock_timestamp()))
+    count(*) FILTER (WHERE c.sync_dead_version <> c.version
+                       AND (l.lease_until IS NULL OR l.lease_until < clock_timestamp()))
         AS pending,
-    count(*) FILTER (WHERE sync_dead_version <> version
-                       AND sync_lease_until >= clock_timestamp()) AS in_flight,
-    count(*) FILTER (WHERE sync_dead_version = version) AS dead,
-    count(*) FILTER (WHERE sync_dead_version <> version
-                       AND sync_next_attempt_at > clock_timestamp()) AS retrying,
+    count(*) FILTER (WHERE c.sync_dead_version <> c.version
+                       AND l.lease_until >= clock_timestamp()) AS in_flight,
+    count(*) FILTER (WHERE c.sync_dead_version = c.version) AS dead,
+    count(*) FILTER (WHERE c.sync_dead_version <> c.version
+                       AND c.sync_next_attempt_at > clock_timestamp()) AS retrying,
     coalesce(extract(epoch FROM clock_timestamp()
-                     - min(updated_at) FILTER (WHERE sync_dead_version <> version)), 0)::float8
+                     - min(c.updated_at) FILTER (WHERE c.sync_dead_version <> c.version)),
+             0)::float8
         AS lag_seconds
-FROM campaign_metrics
-WHERE exported_version < version;
+FROM campaign_metrics AS c
+LEFT JOIN sync_leases AS l ON l.id = c.id
+WHERE c.exported_version < c.version;
 
 -- name: throughput
 -- Rows delivered in the last %(seconds)s seconds according to the run history.
@@ -185,12 +219,13 @@ WHERE ended_at >= clock_timestamp() - make_interval(secs => %(seconds)s);
 
 -- name: last_errors
 -- The most recent delivery errors, dead or still retrying.
-SELECT run_id, sync_last_error_code AS code, sync_last_error AS message,
-       sync_last_error_at AS at, sync_attempts AS attempts,
-       (sync_dead_version = version) AS dead
-FROM campaign_metrics
-WHERE sync_last_error_at IS NOT NULL
-ORDER BY sync_last_error_at DESC
+SELECT c.run_id, c.sync_last_error_code AS code, c.sync_last_error AS message,
+       c.sync_last_error_at AS at, coalesce(l.attempts, 0) AS attempts,
+       (c.sync_dead_version = c.version) AS dead
+FROM campaign_metrics AS c
+LEFT JOIN sync_leases AS l ON l.id = c.id
+WHERE c.sync_last_error_at IS NOT NULL
+ORDER BY c.sync_last_error_at DESC
 LIMIT %(limit)s;
 
 -- name: last_runs
@@ -202,18 +237,28 @@ LIMIT %(limit)s;
 
 -- name: retry_dead_all
 -- Re-queue every dead row with fresh attempts.
-UPDATE campaign_metrics
-SET sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
-WHERE sync_dead_version = version AND exported_version < version
-RETURNING run_id;
+WITH requeued AS (
+    UPDATE campaign_metrics
+    SET sync_dead_version = 0, sync_next_attempt_at = NULL
+    WHERE sync_dead_version = version AND exported_version < version
+    RETURNING id, run_id
+), fresh AS (
+    UPDATE sync_leases AS l SET attempts = 0 FROM requeued WHERE l.id = requeued.id
+)
+SELECT run_id FROM requeued;
 
 -- name: retry_dead_runs
 -- Re-queue the dead rows among the given run ids.
-UPDATE campaign_metrics
-SET sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
-WHERE run_id = ANY(%(run_ids)s::text[])
-  AND sync_dead_version = version AND exported_version < version
-RETURNING run_id;
+WITH requeued AS (
+    UPDATE campaign_metrics
+    SET sync_dead_version = 0, sync_next_attempt_at = NULL
+    WHERE run_id = ANY(%(run_ids)s::text[])
+      AND sync_dead_version = version AND exported_version < version
+    RETURNING id, run_id
+), fresh AS (
+    UPDATE sync_leases AS l SET attempts = 0 FROM requeued WHERE l.id = requeued.id
+)
+SELECT run_id FROM requeued;
 
 -- name: dead_run_ids
 -- Which of the given run ids exist, and which of them are dead (for a precise report).
@@ -222,17 +267,29 @@ FROM campaign_metrics
 WHERE run_id = ANY(%(run_ids)s::text[]);
 
 -- name: replay_since
--- Send again every row changed at or after %(since)s: mark it pending, clear dead and attempts.
-UPDATE campaign_metrics
-SET exported_version = 0, sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
-WHERE updated_at >= %(since)s
-RETURNING id;
+-- Send again every row changed at or after %(since)s: mark it pending, clear dead and attempts
+-- (a lease in hand stays: its worker's acknowledgement is fenced by the version it sent).
+WITH replayed AS (
+    UPDATE campaign_metrics
+    SET exported_version = 0, sync_dead_version = 0, sync_next_attempt_at = NULL
+    WHERE updated_at >= %(since)s
+    RETURNING id
+), fresh AS (
+    UPDATE sync_leases AS l SET attempts = 0 FROM replayed WHERE l.id = replayed.id
+)
+SELECT id FROM replayed;
 
 -- name: requeue_ids
 -- Mark rows pending again (reconcile --repair), clearing dead and attempts.
-UPDATE campaign_metrics
-SET exported_version = 0, sync_dead_version = 0, sync_attempts = 0, sync_next_attempt_at = NULL
-WHERE id = ANY(%(ids)s::bigint[]);
+WITH requeued AS (
+    UPDATE campaign_metrics
+    SET exported_version = 0, sync_dead_version = 0, sync_next_attempt_at = NULL
+    WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING id
+), fresh AS (
+    UPDATE sync_leases AS l SET attempts = 0 FROM requeued WHERE l.id = requeued.id
+)
+SELECT id FROM requeued;
 
 -- name: notify_pending
 -- Wake the workers after a re-queue (bookkeeping updates do not fire the NOTIFY trigger).

@@ -50,7 +50,9 @@ def test_bookkeeping_updates_skip_the_trigger_and_data_updates_bump_version(
                     "versions": [r[1] for r in claimed],
                 },
             )
-            conn.execute("UPDATE campaign_metrics SET exported_at = now(), sync_attempts = 3")
+            conn.execute(
+                "UPDATE campaign_metrics SET exported_at = now(), sync_last_error_code = 'x'"
+            )
             assert _calls(conn) == 0
         assert _versions(conn) == before
         with conn.transaction():  # a data column set (even to its value): one call per row

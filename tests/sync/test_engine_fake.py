@@ -92,8 +92,9 @@ async def test_invalid_row_is_dead_lettered_at_once_and_others_delivered(
     row = (
         await execute(
             database_url,
-            "SELECT sync_last_error_code, sync_last_error, sync_attempts "
-            "FROM campaign_metrics WHERE run_id = 'run-7'",
+            "SELECT sync_last_error_code, sync_last_error, l.attempts "
+            "FROM campaign_metrics AS c JOIN sync_leases AS l ON l.id = c.id "
+            "WHERE run_id = 'run-7'",
         )
     )[0]
     assert row == ("0x80044331", "A validation error occurred.", 1)
@@ -121,7 +122,7 @@ async def test_row_dead_after_max_attempts(database_url: str) -> None:
     stats = await run_once(database_url, sink, retry=RetryPolicy(3, 0.005, 0.01))
     assert stats.dead_lettered == 5 and stats.failed == 15
     assert sum(len(c) for c in sink.calls) == 15  # 3 attempts per row, then dead
-    assert await scalar(database_url, "SELECT max(sync_attempts) FROM campaign_metrics") == 3
+    assert await scalar(database_url, "SELECT max(attempts) FROM sync_leases") == 3
 
 
 async def test_429_pauses_and_does_not_count_as_attempt(database_url: str) -> None:

@@ -147,7 +147,7 @@ async def test_2_sigkill_workers_again_and_again(stack: Stack, tmp_path: Path) -
     assert code == 0, log.read_text()
     leased = await execute(
         stack.database_url,
-        "SELECT count(*) FROM campaign_metrics WHERE sync_lease_owner IS NOT NULL",
+        "SELECT count(*) FROM sync_leases WHERE lease_owner IS NOT NULL",
     )
     report(
         "2 sigkill",

@@ -49,46 +49,40 @@ JOIN leased USING (id);
 -- Open a run record for a claimed batch (same transaction as the claim).
 INSERT INTO sync_runs (worker, claimed) VALUES (%(worker)s, %(claimed)s) RETURNING id;
 
--- name: settle_plan
--- For the rest of the settling transaction only: join the claimed rows with the per-row
--- answers by hash. The lease-owner filter is estimated at ~1 row, so the planner would pick
--- a nested loop that compares every claimed row with every answer (quadratic in the batch).
-SET LOCAL enable_nestloop = off;
+-- Locks: every statement here that writes both tables locks a campaign_metrics row before its
+-- lease, as the claim does (its upsert takes the rows the claim has locked), so that a claim
+-- and a settling worker never wait for each other in a cycle.
 
 -- name: ack_delivered
--- Fenced acknowledgement: only rows still leased by this claim are touched (their lease is
--- deleted, and with it the attempt count). The exported version moves only where the row
--- still has the version that was sent; a row changed in flight stays pending, so its latest
--- values go out next. Returns one row per acknowledged id with `current` = false for rows
--- changed in flight.
+-- Fenced acknowledgement, first half: where the row is still leased by this claim and still
+-- has the version that was sent, that version is now exported. A row changed in flight is
+-- left pending, so its latest values go out next. Returns the ids marked exported.
 WITH d AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(versions)s::bigint[]) AS d(id, version)
-), mine AS (
-    DELETE FROM sync_leases AS l
-    USING d
-    WHERE l.id = ANY(%(ids)s::bigint[])  -- drives the primary key index, not a scan
-      AND l.id = d.id AND l.lease_owner = %(owner)s
-    RETURNING l.id, d.version
-), done AS (
-    UPDATE campaign_metrics AS c
-    SET exported_version = mine.version,
-        exported_at = clock_timestamp(),
-        sync_next_attempt_at = NULL,
-        sync_last_error_code = NULL,
-        sync_last_error = NULL,
-        sync_last_error_at = NULL
-    FROM mine
-    WHERE c.id = ANY(%(ids)s::bigint[])
-      AND c.id = mine.id AND c.version = mine.version
-    RETURNING c.id
 )
-SELECT mine.id, (done.id IS NOT NULL) AS current
-FROM mine
-LEFT JOIN done USING (id);
+UPDATE campaign_metrics AS c
+SET exported_version = d.version,
+    exported_at = clock_timestamp(),
+    sync_next_attempt_at = NULL,
+    sync_last_error_code = NULL,
+    sync_last_error = NULL,
+    sync_last_error_at = NULL
+FROM d
+WHERE c.id = ANY(%(ids)s::bigint[])  -- drives the primary key index, not a scan of the table
+  AND c.id = d.id AND c.version = d.version
+  AND EXISTS (SELECT FROM sync_leases AS l WHERE l.id = c.id AND l.lease_owner = %(owner)s)
+RETURNING c.id;
+
+-- name: end_leases
+-- Fenced acknowledgement, second half: the claim's leases of the delivered rows end (and with
+-- them their attempt counts). Returns the ids that were still this claim's.
+DELETE FROM sync_leases
+WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s
+RETURNING id;
 
 -- name: record_failures
--- Fenced failure bookkeeping for rows of this claim: release the lease, keep the error, then
--- either dead-letter the row (for the version that failed) or schedule its next attempt.
+-- Fenced failure bookkeeping for rows of this claim: keep the error, then either dead-letter
+-- the row (for the version that failed) or schedule its next attempt, and release the lease.
 -- `counted` = false gives the attempt back (429: the service was busy, not the row bad).
 -- A row changed in flight is never dead-lettered for its old values and is retried at once.
 WITH f AS (
@@ -97,46 +91,43 @@ WITH f AS (
                 %(delays)s::float8[], %(counted)s::boolean[], %(codes)s::text[],
                 %(messages)s::text[])
         AS f(id, version, dead, delay, counted, code, message)
-), mine AS (
-    UPDATE sync_leases AS l
-    SET lease_owner = NULL,
-        lease_until = NULL,
-        attempts = CASE WHEN f.counted THEN l.attempts ELSE greatest(l.attempts - 1, 0) END
+), failed AS (
+    UPDATE campaign_metrics AS c
+    SET sync_dead_version = CASE WHEN f.dead AND c.version = f.version THEN f.version
+                                 ELSE c.sync_dead_version END,
+        sync_next_attempt_at = CASE WHEN c.version <> f.version OR f.dead THEN NULL
+                                    ELSE clock_timestamp() + make_interval(secs => f.delay) END,
+        sync_last_error_code = f.code,
+        sync_last_error = f.message,
+        sync_last_error_at = clock_timestamp()
     FROM f
-    WHERE l.id = ANY(%(ids)s::bigint[])
-      AND l.id = f.id AND l.lease_owner = %(owner)s
-    RETURNING l.id
+    WHERE c.id = ANY(%(ids)s::bigint[])
+      AND c.id = f.id
+      AND EXISTS (SELECT FROM sync_leases AS l WHERE l.id = c.id AND l.lease_owner = %(owner)s)
+    RETURNING c.id, f.counted, (f.dead AND c.version = f.version) AS dead
 )
+UPDATE sync_leases AS l  -- rows whose campaign_metrics row is locked above: row, then lease
+SET lease_owner = NULL,
+    lease_until = NULL,
+    attempts = CASE WHEN failed.counted THEN l.attempts ELSE greatest(l.attempts - 1, 0) END
+FROM failed
+WHERE l.id = failed.id AND l.lease_owner = %(owner)s
+RETURNING l.id, failed.dead;
+
+-- name: delay_claim
+-- Before release_claim with a delay: the claim's rows wait that long for their next attempt.
 UPDATE campaign_metrics AS c
-SET sync_dead_version = CASE WHEN f.dead AND c.version = f.version THEN f.version
-                             ELSE c.sync_dead_version END,
-    sync_next_attempt_at = CASE WHEN c.version <> f.version OR f.dead THEN NULL
-                                ELSE clock_timestamp() + make_interval(secs => f.delay) END,
-    sync_last_error_code = f.code,
-    sync_last_error = f.message,
-    sync_last_error_at = clock_timestamp()
-FROM f
-JOIN mine ON mine.id = f.id
-WHERE c.id = ANY(%(ids)s::bigint[])
-  AND c.id = f.id
-RETURNING c.id, (f.dead AND c.version = f.version) AS dead;
+SET sync_next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s::float8)
+WHERE c.id IN (SELECT id FROM sync_leases WHERE lease_owner = %(owner)s);
 
 -- name: release_claim
 -- Give back every row still leased by one claim, without counting the attempt (shutdown,
 -- a database error before the send, a batch-level failure that is not the rows' fault).
--- With a delay, the rows wait that long before their next attempt.
-WITH released AS (
-    UPDATE sync_leases
-    SET lease_owner = NULL,
-        lease_until = NULL,
-        attempts = greatest(attempts - 1, 0)
-    WHERE lease_owner = %(owner)s
-    RETURNING id
-)
-UPDATE campaign_metrics AS c
-SET sync_next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s::float8)
-FROM released
-WHERE %(delay)s::float8 > 0 AND c.id = released.id;
+UPDATE sync_leases
+SET lease_owner = NULL,
+    lease_until = NULL,
+    attempts = greatest(attempts - 1, 0)
+WHERE lease_owner = %(owner)s;
 
 -- name: release_owner_prefix
 -- Give back every lease of one worker process (owner tokens are '<process>:<worker>:<n>').

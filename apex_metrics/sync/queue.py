@@ -96,22 +96,19 @@ class Queue:
         touched = 0
         async with self.pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(Q["settle_plan"])
             if delivered:
-                await cur.execute(
-                    Q["ack_delivered"],
-                    {
-                        "owner": claim.owner,
-                        "ids": [i for i, _ in delivered],
-                        "versions": [v for _, v in delivered],
-                    },
-                )
-                for row in await cur.fetchall():
-                    touched += 1
-                    if row["current"]:
-                        acked += 1
-                    else:
-                        requeued += 1
+                ack = {
+                    "owner": claim.owner,
+                    "ids": [i for i, _ in delivered],
+                    "versions": [v for _, v in delivered],
+                }
+                await cur.execute(Q["ack_delivered"], ack)
+                exported = {int(row["id"]) for row in await cur.fetchall()}
+                await cur.execute(Q["end_leases"], ack)
+                ended = {int(row["id"]) for row in await cur.fetchall()}
+                acked = len(exported)
+                requeued = len(ended - exported)  # changed in flight: still pending
+                touched += len(exported | ended)
             if failures:
                 await cur.execute(
                     Q["record_failures"],
@@ -153,7 +150,9 @@ class Queue:
     async def release(self, claim: Claim, *, delay: float = 0.0, error: str | None = None) -> None:
         """Give the claim's rows back without counting the attempt, and close its run."""
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(Q["release_claim"], {"owner": claim.owner, "delay": delay})
+            if delay > 0:
+                await conn.execute(Q["delay_claim"], {"owner": claim.owner, "delay": delay})
+            await conn.execute(Q["release_claim"], {"owner": claim.owner})
             await conn.execute(
                 Q["finish_run"],
                 {

@@ -54,31 +54,35 @@ INSERT INTO sync_runs (worker, claimed) VALUES (%(worker)s, %(claimed)s) RETURNI
 -- and a settling worker never wait for each other in a cycle.
 
 -- name: ack_delivered
--- Fenced acknowledgement, first half: where the row is still leased by this claim and still
--- has the version that was sent, that version is now exported. A row changed in flight is
--- left pending, so its latest values go out next. Returns the ids marked exported.
+-- Fenced acknowledgement, first half: every delivered row still leased by this claim. Where
+-- it still has the version that was sent, that version is now exported; a row changed in
+-- flight stays pending (its latest values go out next), and is locked here all the same, so
+-- that end_leases only ends leases of rows this transaction holds. Returns one row per id
+-- with `current` = false for rows changed in flight.
 WITH d AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(versions)s::bigint[]) AS d(id, version)
 )
 UPDATE campaign_metrics AS c
-SET exported_version = d.version,
-    exported_at = clock_timestamp(),
+SET exported_version = CASE WHEN c.version = d.version THEN d.version
+                            ELSE c.exported_version END,
+    exported_at = CASE WHEN c.version = d.version THEN clock_timestamp()
+                       ELSE c.exported_at END,
     sync_next_attempt_at = NULL,
     sync_last_error_code = NULL,
     sync_last_error = NULL,
     sync_last_error_at = NULL
 FROM d
 WHERE c.id = ANY(%(ids)s::bigint[])  -- drives the primary key index, not a scan of the table
-  AND c.id = d.id AND c.version = d.version
+  AND c.id = d.id
   AND EXISTS (SELECT FROM sync_leases AS l WHERE l.id = c.id AND l.lease_owner = %(owner)s)
-RETURNING c.id;
+RETURNING c.id, (c.version = d.version) AS current;
 
 -- name: end_leases
 -- Fenced acknowledgement, second half: the claim's leases of the delivered rows end (and with
--- them their attempt counts). Returns the ids that were still this claim's.
+-- them their attempt counts). They are the rows ack_delivered returned: their rows are locked
+-- by this transaction, so no claim can have taken a lease over in between.
 DELETE FROM sync_leases
-WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s
-RETURNING id;
+WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s;
 
 -- name: record_failures
 -- Fenced failure bookkeeping for rows of this claim: keep the error, then either dead-letter

@@ -103,12 +103,13 @@ class Queue:
                     "versions": [v for _, v in delivered],
                 }
                 await cur.execute(Q["ack_delivered"], ack)
-                exported = {int(row["id"]) for row in await cur.fetchall()}
-                await cur.execute(Q["end_leases"], ack)
-                ended = {int(row["id"]) for row in await cur.fetchall()}
-                acked = len(exported)
-                requeued = len(ended - exported)  # changed in flight: still pending
-                touched += len(exported | ended)
+                for row in await cur.fetchall():
+                    touched += 1
+                    if row["current"]:
+                        acked += 1
+                    else:
+                        requeued += 1  # changed in flight: still pending
+                await cur.execute(Q["end_leases"], ack)  # the same rows, whose locks we hold
             if failures:
                 await cur.execute(
                     Q["record_failures"],

@@ -12,9 +12,11 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from apex_metrics import db
-from apex_metrics.sql import load_migrations
+from apex_metrics.sql import load_migrations, load_queries
 from apex_metrics.sync.checks import execute, insert_rows
 from apex_metrics.sync.queue import Failure, Queue, RunSummary
+
+Q = load_queries("sync.sql")
 
 
 @pytest.fixture
@@ -175,3 +177,31 @@ async def test_0007_carries_over_leases_and_attempts(empty_database_url: str) ->
         "sync_next_attempt_at", "sync_dead_version", "sync_last_error_code", "sync_last_error",
         "sync_last_error_at",
     ]  # fmt: skip
+
+
+async def test_rows_being_acknowledged_are_locked_even_when_changed_in_flight(
+    database_url: str, queue: Queue
+) -> None:
+    """The acknowledgement locks every row whose lease it ends (a row changed in flight too)
+    before it ends the lease, so a claim passes over them instead of taking the lease: the lock
+    order of the claim (row, then lease) holds, and the two never wait for each other."""
+    await insert_rows(database_url, 1)
+    old = await queue.claim(owner="old/1", worker="old", limit=10, lease_seconds=60)
+    assert old is not None
+    await execute(database_url, "UPDATE sync_leases SET lease_until = now() - interval '1 s'")
+    await execute(database_url, "UPDATE campaign_metrics SET tokens_in = 99")  # version 2
+    sent = {"owner": "old/1", "ids": [old.rows[0]["id"]], "versions": [old.rows[0]["version"]]}
+    with psycopg.connect(database_url) as acking:
+        acked = acking.execute(Q["ack_delivered"], sent).fetchall()
+        assert acked == [(sent["ids"][0], False)]  # changed in flight: stays pending
+        with psycopg.connect(database_url, autocommit=True) as claiming:
+            claiming.execute("SET statement_timeout = '5s'")  # a wait would fail the test
+            passed_over = claiming.execute(
+                Q["claim_batch"], {"owner": "new/1", "limit": 10, "lease_seconds": 60}
+            ).fetchall()
+        assert passed_over == []
+        acking.execute(Q["end_leases"], sent)
+        acking.commit()
+    again = await queue.claim(owner="new/2", worker="new", limit=10, lease_seconds=60)
+    assert again is not None
+    assert [(r["version"], r["attempts"], r["tokens_in"]) for r in again.rows] == [(2, 1, 99)]

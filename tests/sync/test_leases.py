@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from apex_metrics import db
 from apex_metrics.sql import load_migrations, load_queries
 from apex_metrics.sync.checks import execute, insert_rows
-from apex_metrics.sync.queue import Failure, Queue, RunSummary
+from apex_metrics.sync.queue import Claim, Failure, Queue, RunSummary, Settled
 
 Q = load_queries("sync.sql")
 
@@ -30,6 +30,12 @@ async def versions_on_disk(url: str) -> dict[int, tuple[str, str]]:
     """Where each row's current version is (ctid) and which transaction wrote it (xmin)."""
     rows = await execute(url, "SELECT id, ctid::text, xmin::text FROM campaign_metrics")
     return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+
+
+async def deliver_all(queue: Queue, claim: Claim) -> Settled:
+    """Settle a claim as if Dataverse took every row of it."""
+    delivered = [(r["id"], r["version"]) for r in claim.rows]
+    return await queue.settle(claim, delivered, [], RunSummary(created=len(delivered)))
 
 
 async def leases(url: str) -> dict[int, tuple[Any, ...]]:
@@ -58,8 +64,7 @@ async def test_claim_leases_rows_without_rewriting_them(database_url: str, queue
     assert all(held[i][:4] == ("b/1", True, 1, 1) for i in ids_b)
     assert await queue.claim(owner="c/1", worker="c", limit=10, lease_seconds=60) is None
 
-    settled = await queue.settle(first, [(r["id"], r["version"]) for r in first.rows], [],
-                                 RunSummary(created=10))  # fmt: skip
+    settled = await deliver_all(queue, first)
     assert (settled.acked, settled.requeued, settled.lost_lease) == (10, 0, 0)
     assert set(await leases(database_url)) == set(ids_b)  # delivered: lease gone
     exported = await execute(
@@ -79,8 +84,7 @@ async def test_expired_lease_is_taken_over_and_fences_the_old_owner(
     await execute(database_url, "UPDATE sync_leases SET lease_until = now() - interval '1 s'")
     new = await queue.claim(owner="new/1", worker="new", limit=10, lease_seconds=60)
     assert new is not None and [r["attempts"] for r in new.rows] == [2, 2, 2]
-    late = await queue.settle(old, [(r["id"], r["version"]) for r in old.rows], [],
-                              RunSummary(created=3))  # fmt: skip
+    late = await deliver_all(queue, old)
     assert (late.acked, late.lost_lease) == (0, 3)  # no longer its rows: nothing written
     assert all(v[0] == "new/1" for v in (await leases(database_url)).values())
     pending = await execute(

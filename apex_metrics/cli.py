@@ -433,8 +433,25 @@ LogFormatOption = Annotated[
 def sync_run(
     ctx: typer.Context,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, max=64, help="Concurrent workers in this process.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Concurrent workers in this process [default: x-ms-dop-hint + 2]. However "
+            "many there are, every process together keeps to the one Dataverse budget.",
+        ),
+    ] = None,
+    write: Annotated[
+        str | None,
+        typer.Option(
+            "--write",
+            envvar="APEX_SYNC_WRITE",
+            show_envvar=True,
+            help="upsert-multiple (UpsertMultiple by alternate key) or batch ($batch of "
+            "upserts) [default: upsert-multiple].",
+        ),
+    ] = None,
     once: Annotated[
         bool,
         typer.Option("--once", help="Drain what is pending, then exit (1 if a row failed)."),
@@ -457,7 +474,8 @@ def sync_run(
             max=1000,
             envvar="APEX_SYNC_BATCH_SIZE",
             show_envvar=True,
-            help="Rows per claim and $batch [default: 1000].",
+            help="Most rows per claim and request; fewer when requests are slow (the pacer "
+            "aims at about 10 s per request) [default: 1000].",
         ),
     ] = None,
     metrics_port: Annotated[
@@ -492,6 +510,10 @@ def sync_run(
     from apex_metrics.sync.logs import configure_logging
 
     settings = _sync_settings(database_url, url)
+    if write is not None:
+        if write not in ("upsert-multiple", "batch"):
+            raise typer.BadParameter("must be upsert-multiple or batch", param_hint="--write")
+        settings = settings.model_copy(update={"sync_write": write})
     fmt = log_format or settings.log_format
     if fmt not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
@@ -559,8 +581,8 @@ def sync_status(
     for r in status.last_runs:
         out(
             f"  run {r['id']} {r['started_at']} claimed {r['claimed']} created {r['created']} "
-            f"updated {r['updated']} failed {r['failed']} dead {r['dead_lettered']}"
-            + (f" error: {r['error']}" if r["error"] else ""),
+            f"updated {r['updated']} upserted {r['upserted']} failed {r['failed']} "
+            f"dead {r['dead_lettered']}" + (f" error: {r['error']}" if r["error"] else ""),
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -706,7 +728,10 @@ def demo_command(
     backfill_days: Annotated[
         float, typer.Option(min=0, help="Fill this many days of history first, for full charts.")
     ] = 0.0,
-    workers: Annotated[int, typer.Option(min=1, max=32, help="Sync workers.")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=32, help="Sync workers [default: x-ms-dop-hint + 2]."),
+    ] = None,
     panel_host: Annotated[str, typer.Option(help="Panel address.")] = "127.0.0.1",
     panel_port: Annotated[
         int, typer.Option(min=1, max=65535, help="Panel port (a free one if busy).")

@@ -57,7 +57,7 @@ class DemoOptions:
     rate: float = 1.0  # synthetic runs per second
     backfill_days: float = 0.0
     backfill_per_hour: float = 60.0
-    workers: int = 2
+    workers: int | None = None  # None: x-ms-dop-hint + 2
     panel_host: str = "127.0.0.1"
     panel_port: int = 8000
     data_dir: Path | None = None
@@ -174,10 +174,11 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
     from apex_metrics.panel.app import PanelConfig, create_app, end_streams
     from apex_metrics.panel.security import check_bind
     from apex_metrics.recorder import Recorder
-    from apex_metrics.sync.commands import ENGINE_CLIENT_RETRY, engine_config
+    from apex_metrics.sync.commands import engine_config, engine_flow
     from apex_metrics.sync.engine import Engine
     from apex_metrics.sync.queue import Queue
     from apex_metrics.sync.reconcile import reconcile
+    from apex_metrics.sync.sink import DataverseSink
     from apex_metrics.traffic import TrafficGenerator
 
     check_bind(options.panel_host, settings.panel_token)  # before anything starts
@@ -195,9 +196,8 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
             say(f"schema: {report.lines()[-1]}")
             live = await _dataverse(settings, data_dir, stack, say)
             live = live.model_copy(update={"database_url": db_url})
-            client = await stack.enter_async_context(
-                open_dataverse(live, retry=ENGINE_CLIENT_RETRY)
-            )
+            flow = engine_flow()
+            client = await stack.enter_async_context(open_dataverse(live, flow=flow))
             prov = await provision(client, progress=lambda m: say(f"provision: {m}"))
             if not prov.ok:
                 for line in prov.lines():
@@ -217,7 +217,11 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
                     f"backfill: {len(runs)} runs over {options.backfill_days:g} day(s) "
                     f"in {time.monotonic() - started:.1f} s ({result.inserted} new)"
                 )
-            engine = Engine(engine_config(live, workers=options.workers, once=False), client)
+            engine = Engine(
+                engine_config(live, workers=options.workers, once=False),
+                DataverseSink(client, live.sync_write),
+                flow.pacer,
+            )
             port = _panel_port(options.panel_host, options.panel_port, say)
             panel_config = PanelConfig(
                 source="dataverse", database_url=db_url, settings=live,

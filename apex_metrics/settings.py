@@ -58,13 +58,27 @@ class Settings(BaseSettings):
     ca_bundle: Path | None = Field(
         default=None, description="Extra CA file to trust (e.g. the https emulator's test CA)"
     )
+    dataverse_affinity: bool = Field(
+        default=False,
+        description="Keep Dataverse's server-affinity cookie (pins every request to one web "
+        "server, whose limits then cap everything); off spreads requests over the web servers",
+    )
 
     # --- Sync engine --------------------------------------------------------------------------
     sync_poll_interval: float = Field(
         default=1.0, gt=0, description="Seconds between polls when no NOTIFY arrives"
     )
     sync_batch_size: int = Field(
-        default=1000, ge=1, le=1000, description="Rows per claimed batch (one $batch request)"
+        default=1000,
+        ge=1,
+        le=1000,
+        description="Most rows per claim and request (fewer when requests are slow: the pacer "
+        "aims at about 10 s per request)",
+    )
+    sync_write: Literal["upsert-multiple", "batch"] = Field(
+        default="upsert-multiple",
+        description="How rows are written: UpsertMultiple by alternate key (all or nothing per "
+        "chunk; a failing chunk is resent as $batch to find the bad row) or $batch of upserts",
     )
     sync_max_attempts: int = Field(
         default=10, ge=1, description="Delivery attempts before a row is dead-lettered"

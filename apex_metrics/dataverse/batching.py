@@ -1,9 +1,10 @@
 """The ``$batch`` of PATCH-by-alternate-key upserts: building the request, reading the answer.
 
-One part per row, in order, each ``PATCH SET(key='value')?$select=key`` with
-``Prefer: return=representation`` (so the answer says 201 created or 200 updated) and the key
-column left out of the body. The batch is sent with ``Prefer: odata.continue-on-error``, so one
-bad row never blocks the others; answers map back to rows by position.
+One part per row, in order, each ``PATCH SET(key='value')`` with the key column left out of the
+body, and no ``Prefer: return=representation`` (it would cost the server an extra Retrieve per
+row; the answer is then 204 for a create and an update alike). The batch is sent with
+``Prefer: odata.continue-on-error``, so one bad row never blocks the others; answers map back to
+rows by position.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from apex_metrics.dataverse.multipart import (
 )
 from apex_metrics.dataverse.urls import key_path, key_paths
 
-Outcome = Literal["created", "updated", "failed"]
+Outcome = Literal["created", "updated", "upserted", "failed"]
 Items = Sequence[tuple[str, Mapping[str, Any]]]
 
 
@@ -37,9 +38,10 @@ Items = Sequence[tuple[str, Mapping[str, Any]]]
 class UpsertOutcome:
     """What happened to one row of an upsert.
 
-    ``created`` comes from a 201; ``updated`` from a 200, and also from a bare 204 (a server that
-    ignored ``Prefer: return=representation`` does not say which it did; either way the row now
-    holds the values sent).
+    ``created`` comes from a 201, ``updated`` from a 200 (answers to
+    ``Prefer: return=representation``), ``upserted`` from a 204: the row now holds the values
+    sent, created or updated, which the answer does not say. ``retry_after``: the seconds a 429
+    asked to wait.
     """
 
     key: str
@@ -48,6 +50,7 @@ class UpsertOutcome:
     code: str = ""
     message: str = ""
     transient: bool = False
+    retry_after: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -66,7 +69,7 @@ def json_default(value: Any) -> Any:
 # One encoder for every body: ``json.dumps`` with arguments builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), default=json_default)
 # The part headers of every upsert (Content-Length is added per part).
-UPSERT_HEADERS = {"Content-Type": "application/json; type=entry", "Prefer": "return=representation"}
+UPSERT_HEADERS = {"Content-Type": "application/json; type=entry"}
 
 
 # The C encoder ``json`` builds on every call (None without the accelerator).
@@ -103,18 +106,17 @@ def encode_upserts(
 ) -> tuple[bytes, str]:
     """The ``$batch`` body and its Content-Type for ``items`` (key value, body).
 
-    Every part is ``PATCH {api_url}SET(key='value')?$select=key`` with the same headers, so the
-    text they share is built once (``encode_uniform_requests``); names are checked once per batch.
+    Every part is ``PATCH {api_url}SET(key='value')`` with the same headers, so the text they
+    share is built once (``encode_uniform_requests``); names are checked once per batch.
     """
     try:
         paths = key_paths(entity_set, key_column, [key_value for key_value, _body in items])
     except ValueError:
         _raise_first_error(entity_set, key_column, items)
         raise
-    select = f"?$select={key_column}"
     encode = batch_dumps()
     targets = [
-        (f"{api_url}{path}{select}", encode(_without_key(body, key_column)))
+        (f"{api_url}{path}", encode(_without_key(body, key_column)))
         for (_key_value, body), path in zip(items, paths, strict=True)
     ]
     return encode_uniform_requests("PATCH", targets, UPSERT_HEADERS)
@@ -160,7 +162,11 @@ def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> l
     for (key_value, _body), answer in zip(items, answers, strict=True):
         if type(answer) is int:  # a 2xx; outcome_of(status) inline, this runs per row
             outcomes.append(
-                UpsertOutcome(key_value, answer, "created" if answer == 201 else "updated")
+                UpsertOutcome(
+                    key_value,
+                    answer,
+                    "upserted" if answer == 204 else "created" if answer == 201 else "updated",
+                )
             )
             continue
         assert isinstance(answer, BatchResponseItem)
@@ -174,7 +180,13 @@ def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> l
         )
         outcomes.append(
             UpsertOutcome(
-                key_value, answer.status, "failed", code, message or error.message, error.transient
+                key_value,
+                answer.status,
+                "failed",
+                code,
+                message or error.message,
+                error.transient,
+                error.retry_after or 0.0,
             )
         )
     return outcomes
@@ -183,7 +195,9 @@ def decode_upserts(response: httpx.Response, key_column: str, items: Items) -> l
 def outcome_of(status: int) -> Outcome:
     if status == 201:
         return "created"
-    return "updated"
+    if status == 200:
+        return "updated"
+    return "upserted"
 
 
 def without_keys(body: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,17 +1,17 @@
 """The Dataverse Web API client: the operations apex-metrics needs, over an injected httpx client.
 
-Every request goes through :meth:`DataverseClient.request`, which adds the OData headers and
-the bearer token (only for the environment's own origin), obeys :class:`FlowControl` (global
-pause on 429, AIMD concurrency capped by ``x-ms-dop-hint``), retries what is safe to retry and
-turns failures into :mod:`apex_metrics.dataverse.errors`. Nothing here logs a header.
+The client is transport: :meth:`DataverseClient.send` makes one attempt (token, OData headers,
+the HTTP exchange, the answer turned into an error of :mod:`apex_metrics.dataverse.errors`), and
+:meth:`DataverseClient.request` hands that attempt to the client's
+:class:`~apex_metrics.dataverse.flow.Flow`, the one place that paces, pauses on 429 and retries.
+The bearer token goes only to the environment's own origin. Nothing here logs a header.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from typing import Any, Literal
 import httpx
 
 from apex_metrics.dataverse import aggregate as agg
+from apex_metrics.dataverse import bulk
 from apex_metrics.dataverse.auth import TokenProvider
 from apex_metrics.dataverse.batching import (
     Outcome,
@@ -34,13 +35,11 @@ from apex_metrics.dataverse.errors import (
     DataverseError,
     InsecureTransport,
     NotFound,
-    Throttled,
     TokenRejected,
     error_from_response,
     error_from_transport,
-    parse_retry_after,
 )
-from apex_metrics.dataverse.flow import FlowControl, RetryPolicy
+from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.urls import (
     API_PATH,
     check_identifier,
@@ -60,8 +59,6 @@ ODATA_HEADERS = {
     "OData-MaxVersion": "4.0",
     "OData-Version": "4.0",
 }
-# Errors that say nothing was executed: safe to re-send any request after them.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +79,8 @@ class DataverseClient:
         environment_url: str,
         tokens: TokenProvider,
         *,
-        flow: FlowControl | None = None,
-        retry: RetryPolicy | None = None,
+        flow: Flow | None = None,
         timeout: float = 120.0,
-        rng: random.Random | None = None,
     ) -> None:
         self.http = http
         self.environment_url = check_url(
@@ -93,11 +88,9 @@ class DataverseClient:
         )
         self.api_url = self.environment_url + API_PATH
         self.tokens = tokens
-        self.flow = flow or FlowControl()
-        self.retry = retry or RetryPolicy()
+        self.flow = flow or Flow()
         self.timeout = timeout
         self.dop_hint: int | None = None
-        self._rng = rng or random.Random()
 
     # -- the one request path ----------------------------------------------------------------
 
@@ -116,8 +109,11 @@ class DataverseClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         what: str | None = None,
+        rows: int = 0,
+        max_throttled: int | None = None,
     ) -> httpx.Response:
-        """Send one request with retries; return the 2xx/3xx answer or raise a DataverseError."""
+        """Send one request through the flow (paced, retried as it says); return the 2xx/3xx
+        answer or raise a DataverseError. ``rows``: rows it carries (for the pacer)."""
         method = method.upper()
         url = self.url(path)
         if not same_origin(url, self.environment_url):
@@ -135,83 +131,60 @@ class DataverseClient:
             content = dumps(json_body)
             send_headers["Content-Type"] = "application/json"
         send_headers.update(headers or {})
-        attempt = throttles = 0
-        token_refreshed = False
+
+        async def attempt() -> httpx.Response:
+            return await self.send(method, url, params, content, send_headers, what)
+
+        return await self.flow.call(
+            attempt, idempotent=idempotent, what=what, rows=rows, max_throttled=max_throttled
+        )
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        content: bytes | None,
+        headers: dict[str, str],
+        what: str,
+    ) -> httpx.Response:
+        """One attempt: token, HTTP exchange, answer or classified error. A 401 with a cached
+        token gets one fresh token and one more exchange (that is authentication, not retry)."""
+        refreshed = False
         while True:
-            attempt += 1
-            sent = True
-            server_wait = 0.0
-            async with self.flow.slot():
-                token = await self.tokens.token()
-                send_headers["Authorization"] = f"Bearer {token}"
-                started = time.monotonic()
-                try:
-                    response = await self.http.request(
-                        method,
-                        url,
-                        params=params,
-                        content=content,
-                        headers=send_headers,
-                        timeout=self.timeout,
-                    )
-                except httpx.TransportError as exc:
-                    error: DataverseError = error_from_transport(exc, what=what)
-                    sent = not isinstance(exc, _NOT_SENT)
-                else:
-                    self._observe(response)
-                    log.debug(
-                        "%s %s -> %s in %.0f ms",
-                        method,
-                        httpx.URL(url).path,
-                        response.status_code,
-                        (time.monotonic() - started) * 1000,
-                    )
-                    if not response.is_error:
-                        self.flow.succeeded()
-                        return response
-                    error = error_from_response(response, what=what)
-                    server_wait = parse_retry_after(response.headers.get("Retry-After"), 0.0)
-                    if isinstance(error, Throttled):
-                        # Pause before giving the slot back, so no request slips through.
-                        self.flow.throttled(error.retry_after)
-            if isinstance(error, Throttled):
-                # A throttled request was not executed, so every method may be re-sent.
-                throttles += 1
-                attempt -= 1
-                if throttles > self.retry.max_throttled:
-                    raise error
-                log.info("throttled: pausing all requests for %.1f s", error.retry_after)
+            token = await self.tokens.token()
+            headers["Authorization"] = f"Bearer {token}"
+            started = time.monotonic()
+            try:
+                response = await self.http.request(
+                    method, url, params=params, content=content, headers=headers,
+                    timeout=self.timeout,
+                )  # fmt: skip
+            except httpx.TransportError as exc:
+                raise error_from_transport(exc, what=what) from exc
+            self._observe(response)
+            log.debug(
+                "%s %s -> %s in %.0f ms",
+                method,
+                httpx.URL(url).path,
+                response.status_code,
+                (time.monotonic() - started) * 1000,
+            )
+            if not response.is_error:
+                return response
+            error = error_from_response(response, what=what)
+            invalidate = getattr(self.tokens, "invalidate", None)
+            if isinstance(error, TokenRejected) and not refreshed and callable(invalidate):
+                invalidate()
+                refreshed = True
                 continue
-            if isinstance(error, TokenRejected) and not token_refreshed:
-                invalidate = getattr(self.tokens, "invalidate", None)
-                if callable(invalidate):
-                    invalidate()
-                    token_refreshed = True
-                    attempt -= 1
-                    continue
-            if self.retry.should_retry(
-                attempt=attempt, transient=error.transient, idempotent=idempotent, sent=sent
-            ):
-                self.flow.stats.retries += 1
-                # A 503 may say how long to wait; never less than that (within max_wait).
-                wait = max(
-                    self.retry.backoff(attempt, self._rng), min(server_wait, self.retry.max_wait)
-                )
-                log.info("%s failed (%s); retry %d in %.2f s", what, error.message, attempt, wait)
-                await self.flow.backoff(wait)
-                continue
-            if error.transient and not idempotent and sent:
-                error.hint = (
-                    "not retried automatically: the server may have executed it; check before "
-                    "sending it again"
-                )
             raise error
 
     def _observe(self, response: httpx.Response) -> None:
         hint = response.headers.get("x-ms-dop-hint")
         if hint and hint.strip().isdigit():
             self.dop_hint = int(hint)
-            self.flow.hint(self.dop_hint)
+            self.flow.pacer.hint(self.dop_hint)
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """GET and parse the JSON answer."""
@@ -253,12 +226,14 @@ class DataverseClient:
     ) -> UpsertOutcome:
         """PATCH by alternate key: ``upsert`` (create or update), ``create`` only, ``update`` only.
 
+        No ``return=representation``: that costs the server an extra Retrieve, so the answer
+        is a 204 that does not say whether the row was created (outcome ``upserted``).
         Raises :class:`PreconditionFailed` when ``create`` finds the row, :class:`NotFound`
         when ``update`` does not. Create-only is not retried after an unknown outcome (a
         re-send would answer 412 for the row it created itself).
         """
         path = key_path(entity_set, key)
-        headers = {"Prefer": "return=representation"}
+        headers: dict[str, str] = {}
         if mode == "create":
             headers["If-None-Match"] = "*"
         elif mode == "update":
@@ -266,10 +241,10 @@ class DataverseClient:
         response = await self.request(
             "PATCH",
             path,
-            params={"$select": next(iter(key))},
             json_body=without_keys(body, key),
             headers=headers,
             idempotent=mode != "create",
+            rows=1,
         )
         return UpsertOutcome(_key_text(key), response.status_code, outcome_of(response.status_code))
 
@@ -381,28 +356,70 @@ class DataverseClient:
         entity_set: str,
         key_column: str,
         items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        max_throttled: int | None = None,
     ) -> list[UpsertOutcome]:
         """Upsert rows by alternate key through ``$batch`` (≤ 1,000 per batch, continue-on-error).
 
         Returns one outcome per item, in order. Rows that fail carry the Dataverse code and
-        message; the batch as a whole only raises when no row could be attempted.
+        message; a batch as a whole only raises when no row could be attempted.
         """
         outcomes: list[UpsertOutcome] = []
         for start in range(0, len(items), MAX_BATCH):
-            outcomes.extend(
-                await self._upsert_batch(entity_set, key_column, items[start : start + MAX_BATCH])
-            )
+            chunk = items[start : start + MAX_BATCH]
+
+            async def send_batch(
+                sendable: list[tuple[str, Mapping[str, Any]]],
+            ) -> list[UpsertOutcome]:
+                return await self._upsert_batch(entity_set, key_column, sendable, max_throttled)
+
+            outcomes.extend(await self._per_key(entity_set, key_column, chunk, send_batch))
         return outcomes
 
-    async def _upsert_batch(
+    async def upsert_multiple(
+        self,
+        entity_set: str,
+        logical_name: str,
+        key_column: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        max_throttled: int | None = None,
+    ) -> list[UpsertOutcome]:
+        """Upsert rows by alternate key with ``UpsertMultiple`` (≤ 1,000 rows per request).
+
+        All or nothing on a standard table: when a chunk fails because of a row (400, 412,
+        409, duplicate detection), the same chunk goes again as one ``$batch`` with
+        continue-on-error, which writes every good row and answers for each bad one with
+        Dataverse's code and message. Successful rows are ``upserted`` (the 204 does not say
+        created or updated). Raises what concerns the request as a whole (429, 5xx after the
+        flow's retries, 401, 403, 404).
+        """
+        check_identifier(logical_name, what="table logical name")
+        outcomes: list[UpsertOutcome] = []
+        for start in range(0, len(items), bulk.MAX_ROWS):
+            chunk = items[start : start + bulk.MAX_ROWS]
+
+            async def send_multiple(
+                sendable: list[tuple[str, Mapping[str, Any]]],
+            ) -> list[UpsertOutcome]:
+                return await self._upsert_multiple(
+                    entity_set, logical_name, key_column, sendable, max_throttled
+                )
+
+            outcomes.extend(await self._per_key(entity_set, key_column, chunk, send_multiple))
+        return outcomes
+
+    async def _per_key(
         self,
         entity_set: str,
         key_column: str,
         items: Sequence[tuple[str, Mapping[str, Any]]],
+        send: Callable[[list[tuple[str, Mapping[str, Any]]]], Awaitable[list[UpsertOutcome]]],
     ) -> list[UpsertOutcome]:
+        """``send`` the rows whose key Dataverse can address; a key it cannot (a character
+        that breaks key URLs) fails alone and never blocks the other rows."""
         check_identifier(entity_set, what="entity set")
         check_identifier(key_column, what="key column")
-        # A key Dataverse cannot address fails alone; it never blocks the other rows.
         refused: dict[int, UpsertOutcome] = {}
         sendable: list[tuple[str, Mapping[str, Any]]] = []
         for index, (key_value, body) in enumerate(items):
@@ -412,20 +429,73 @@ class DataverseClient:
                 refused[index] = UpsertOutcome(key_value, 0, "failed", "invalid_key", str(exc))
             else:
                 sendable.append((key_value, body))
-        answered: list[UpsertOutcome] = []
-        if sendable:
-            content, content_type = encode_upserts(self.api_url, entity_set, key_column, sendable)
-            response = await self.request(
-                "POST",
-                "$batch",
-                content=content,
-                headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-                idempotent=True,  # every part is a PATCH upsert: re-sending converges
-                what=f"$batch of {len(sendable)} upserts to {entity_set}",
-            )
-            answered = decode_upserts(response, key_column, sendable)
+        answered = await send(sendable) if sendable else []
         sent = iter(answered)
         return [refused[i] if i in refused else next(sent) for i in range(len(items))]
+
+    async def _upsert_batch(
+        self,
+        entity_set: str,
+        key_column: str,
+        items: list[tuple[str, Mapping[str, Any]]],
+        max_throttled: int | None,
+    ) -> list[UpsertOutcome]:
+        content, content_type = encode_upserts(self.api_url, entity_set, key_column, items)
+        response = await self.request(
+            "POST",
+            "$batch",
+            content=content,
+            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+            idempotent=True,  # every part is a PATCH upsert: re-sending converges
+            what=f"$batch of {len(items)} upserts to {entity_set}",
+            rows=len(items),
+            max_throttled=max_throttled,
+        )
+        return decode_upserts(response, key_column, items)
+
+    async def _upsert_multiple(
+        self,
+        entity_set: str,
+        logical_name: str,
+        key_column: str,
+        items: list[tuple[str, Mapping[str, Any]]],
+        max_throttled: int | None,
+    ) -> list[UpsertOutcome]:
+        content = bulk.encode_upsert_multiple(entity_set, logical_name, key_column, items)
+        try:
+            await self.request(
+                "POST",
+                f"{entity_set}/{bulk.ACTION}",
+                content=content,
+                headers={"Content-Type": "application/json"},
+                idempotent=True,  # upserts: sending the same rows again converges
+                what=f"UpsertMultiple of {len(items)} rows to {entity_set}",
+                rows=len(items),
+                max_throttled=max_throttled,
+            )
+        except DataverseError as exc:
+            if not bulk.blames_a_row(exc):
+                raise
+            if len(items) == 1:  # the error is this row's own
+                return [_failed(items[0][0], exc)]
+            log.info(
+                "UpsertMultiple of %d rows failed (%s); sending them as $batch to find the row",
+                len(items),
+                exc.code or exc.status,
+            )
+            return await self._upsert_batch(entity_set, key_column, items, max_throttled)
+        return [UpsertOutcome(key_value, 204, "upserted") for key_value, _body in items]
+
+
+def _failed(key_value: str, error: DataverseError) -> UpsertOutcome:
+    return UpsertOutcome(
+        key_value,
+        error.status or 0,
+        "failed",
+        error.code,
+        error.server_message or error.message,
+        error.transient,
+    )
 
 
 def _key_text(key: Mapping[str, str]) -> str:

@@ -9,6 +9,10 @@ Picks the token provider from the authority URL:
 When ``APEX_DATAVERSE_URL`` is a loopback URL and ``APEX_AUTHORITY_HOST`` was not set, the
 environment is its own authority (the emulator is both), and unset credentials default to the
 emulator's local ones. TLS is always verified: the system trust store plus ``APEX_CA_BUNDLE``.
+
+Cookies are refused, so the server-affinity cookie never pins the client to one web server:
+the service protection limits apply per web server, and Microsoft's guidance for parallel
+requests is to spread them (``APEX_DATAVERSE_AFFINITY=true`` keeps the cookie).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, CookiePolicy, DefaultCookiePolicy
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,7 +28,7 @@ import httpx
 
 from apex_metrics.dataverse.auth import LoopbackTokenProvider, MsalTokenProvider, TokenProvider
 from apex_metrics.dataverse.client import DataverseClient
-from apex_metrics.dataverse.flow import FlowControl, RetryPolicy
+from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.urls import check_url, is_loopback
 from apex_metrics.exceptions import ConfigError
 from apex_metrics.settings import Settings
@@ -33,6 +38,19 @@ LOCAL_TENANT_ID = "apex-local-tenant"
 LOCAL_CLIENT_ID = "apex-local-client"
 LOCAL_CLIENT_SECRET = "apex-local-secret"  # documented local credential, not a secret
 TIMEOUT = httpx.Timeout(120.0, connect=15.0)  # Dataverse's practical ceiling is ~2 minutes
+
+
+class _RefuseCookies(DefaultCookiePolicy):
+    """Keep no cookie, so no affinity cookie pins requests to one web server."""
+
+    def set_ok(self, cookie: object, request: object) -> bool:
+        return False
+
+
+def cookie_jar(affinity: bool) -> CookieJar:
+    """A jar that keeps cookies (``affinity``) or refuses them all."""
+    policy: CookiePolicy = DefaultCookiePolicy() if affinity else _RefuseCookies()
+    return CookieJar(policy)
 
 
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -100,11 +118,11 @@ async def open_dataverse(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     tokens: TokenProvider | None = None,
-    flow: FlowControl | None = None,
-    retry: RetryPolicy | None = None,
+    flow: Flow | None = None,
 ) -> AsyncIterator[DataverseClient]:
     """A :class:`DataverseClient` for ``APEX_DATAVERSE_URL``; closes its connections on exit.
 
+    ``flow`` paces and retries its requests (default: a flow of its own, slots in memory).
     ``transport`` (e.g. ``httpx.ASGITransport(app=emulator)``) and ``tokens`` are for tests.
     """
     environment_url = check_url(
@@ -117,10 +135,11 @@ async def open_dataverse(
         trust_env=False,
         follow_redirects=False,
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        cookies=cookie_jar(settings.dataverse_affinity),
     ) as http:
         provider = tokens or token_provider(settings, environment_url, http)
         try:
-            yield DataverseClient(http, environment_url, provider, flow=flow, retry=retry)
+            yield DataverseClient(http, environment_url, provider, flow=flow)
         finally:
             close = getattr(provider, "close", None)
             if callable(close):

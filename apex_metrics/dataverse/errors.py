@@ -54,11 +54,17 @@ class DataverseError(ApexMetricsError):
         server_message: str = "",
         hint: str | None = None,
         transient: bool | None = None,
+        sent: bool = True,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
         self.code = code
         self.server_message = server_message
+        # False when the request provably never reached the server (safe to send again)
+        self.sent = sent
+        # seconds the server asked to wait (Retry-After), when it said
+        self.retry_after = retry_after
         if transient is not None:
             self.transient = transient
 
@@ -130,9 +136,10 @@ class Throttled(DataverseError):
     transient = True
     hint = "the client waits as told by Retry-After; lower the parallelism if this persists"
 
+    retry_after: float
+
     def __init__(self, message: str | None = None, *, retry_after: float, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after, **kw)
 
 
 class DataverseValidationError(DataverseError):
@@ -223,7 +230,9 @@ def error_for_status(
         detail += f" [{code}]"
     kw: dict[str, Any] = {"status": status, "code": code, "server_message": server_message}
     if status == 429 or lcode in THROTTLING_CODES:
-        return Throttled(detail, retry_after=parse_retry_after(retry_after, 5.0), **kw)
+        return Throttled(detail, retry_after=parse_retry_after(retry_after, 0.0), **kw)
+    if retry_after:
+        kw["retry_after"] = parse_retry_after(retry_after, 0.0)
     if lcode == NOT_APPLICATION_USER:
         return NotApplicationUser(detail, **kw)
     if lcode == AGGREGATE_LIMIT:
@@ -307,11 +316,14 @@ def error_from_transport(exc: Exception, *, what: str) -> DataverseError:
             hint="if the server uses a private CA (e.g. the https emulator), point APEX_CA_BUNDLE "
             "at its CA file",
         )
+    # Not connected, or no connection from the pool: the request never left.
+    sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"{what}: timed out ({type(exc).__name__})")
+        return TransientError(f"{what}: timed out ({type(exc).__name__})", sent=sent)
     if isinstance(exc, httpx.ConnectError):
         return TransientError(
             f"{what}: cannot connect ({text})",
             hint="check APEX_DATAVERSE_URL and that the server is up and reachable",
+            sent=False,
         )
     return TransientError(f"{what}: connection failed ({type(exc).__name__}: {text})")

@@ -182,8 +182,8 @@ class SyncHealthReader:
         pending, in_flight, dead, oldest = (await self._fetch("sync_health", {}))[0]
         rows = await self._fetch("sync_runs", {"limit": runs})
         keys = (
-            "id", "worker", "started_at", "ended_at", "claimed", "created", "updated", "failed",
-            "dead_lettered", "requeued", "throttled", "error",
+            "id", "worker", "started_at", "ended_at", "claimed", "created", "updated", "upserted",
+            "failed", "dead_lettered", "requeued", "throttled", "error",
         )  # fmt: skip
         history = []
         for row in rows:

@@ -232,7 +232,7 @@ WHERE c.exported_version < c.version;
 
 -- name: sync_runs
 -- The newest sync runs (the flow run history).
-SELECT id, worker, started_at, ended_at, claimed, created, updated, failed, dead_lettered,
+SELECT id, worker, started_at, ended_at, claimed, created, updated, upserted, failed, dead_lettered,
        requeued, throttled, error
 FROM sync_runs
 ORDER BY started_at DESC, id DESC

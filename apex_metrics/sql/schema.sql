@@ -162,6 +162,22 @@ CREATE TABLE sync_leases (
     attempt_version bigint NOT NULL DEFAULT 0
 );
 
+-- (0008_sync_pacing) The Dataverse budget shared by every engine process: slots (one second of
+-- server execution per second each, x-ms-dop-hint of them) and the pause after a 429.
+CREATE TABLE sync_slots (
+    slot integer PRIMARY KEY,
+    owner text,
+    held_until timestamptz,
+    free_at timestamptz NOT NULL DEFAULT 'epoch'
+);
+
+CREATE TABLE sync_pacing (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    paused_until timestamptz NOT NULL DEFAULT 'epoch'
+);
+
+INSERT INTO sync_pacing DEFAULT VALUES;
+
 -- A lease goes with its row (deleted, or truncated).
 CREATE FUNCTION apex_metrics_forget_leases() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -204,7 +220,8 @@ CREATE TABLE sync_runs (
     dead_lettered integer NOT NULL DEFAULT 0,
     requeued integer NOT NULL DEFAULT 0,
     throttled integer NOT NULL DEFAULT 0,
-    error text
+    error text,
+    upserted integer NOT NULL DEFAULT 0  -- (0008) delivered by a 204 that says not which
 );
 
 CREATE INDEX idx_sync_runs_started_at ON sync_runs (started_at);

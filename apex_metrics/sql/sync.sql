@@ -147,6 +147,7 @@ UPDATE sync_runs
 SET ended_at = clock_timestamp(),
     created = %(created)s,
     updated = %(updated)s,
+    upserted = %(upserted)s,
     failed = %(failed)s,
     dead_lettered = %(dead_lettered)s,
     requeued = %(requeued)s,
@@ -206,7 +207,7 @@ WHERE c.exported_version < c.version;
 
 -- name: throughput
 -- Rows delivered in the last %(seconds)s seconds according to the run history.
-SELECT coalesce(sum(created + updated), 0)::bigint AS delivered,
+SELECT coalesce(sum(created + updated + upserted), 0)::bigint AS delivered,
        count(*)::bigint AS runs,
        coalesce(sum(failed), 0)::bigint AS failed
 FROM sync_runs
@@ -224,7 +225,7 @@ ORDER BY c.sync_last_error_at DESC
 LIMIT %(limit)s;
 
 -- name: last_runs
-SELECT id, worker, started_at, ended_at, claimed, created, updated, failed, dead_lettered,
+SELECT id, worker, started_at, ended_at, claimed, created, updated, upserted, failed, dead_lettered,
        requeued, throttled, error
 FROM sync_runs
 ORDER BY id DESC
@@ -351,3 +352,58 @@ FULL OUTER JOIN (
     GROUP BY run_id
 ) AS r ON r.run_id = l.run_id
 ORDER BY coalesce(l.run_id, r.run_id);
+
+-- name: ensure_slots
+-- Slots 0 … size-1 exist (x-ms-dop-hint may grow).
+INSERT INTO sync_slots (slot)
+SELECT generate_series(0, %(size)s - 1)
+ON CONFLICT (slot) DO NOTHING;
+
+-- name: take_slot
+-- One free slot among the first %(size)s (not held, or held by a process that died; not
+-- resting), unless a pause is in force; plus the pause left and when the next resting slot
+-- is free, for a taker that got none.
+WITH pacing AS (
+    SELECT greatest(extract(epoch FROM paused_until - clock_timestamp()), 0)::float8 AS paused
+    FROM sync_pacing
+), free AS (
+    SELECT s.slot
+    FROM sync_slots AS s, pacing AS p
+    WHERE p.paused = 0
+      AND s.slot < %(size)s
+      AND s.free_at <= clock_timestamp()
+      AND (s.owner IS NULL OR s.held_until < clock_timestamp())
+    ORDER BY s.free_at, s.slot
+    LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED
+), taken AS (
+    UPDATE sync_slots AS s
+    SET owner = %(owner)s,
+        held_until = clock_timestamp() + make_interval(secs => %(hold)s)
+    FROM free
+    WHERE s.slot = free.slot
+    RETURNING s.slot
+)
+SELECT (SELECT slot FROM taken) AS slot,
+       (SELECT paused FROM pacing) AS paused,
+       (SELECT extract(epoch FROM min(free_at) - clock_timestamp())::float8
+        FROM sync_slots
+        WHERE slot < %(size)s AND free_at > clock_timestamp()
+          AND (owner IS NULL OR held_until < clock_timestamp())) AS next_free;
+
+-- name: give_back_slot
+-- The holder frees its slot; nobody may take it for %(rest)s seconds.
+UPDATE sync_slots
+SET owner = NULL,
+    held_until = NULL,
+    free_at = clock_timestamp() + make_interval(secs => %(rest)s)
+WHERE slot = %(slot)s AND owner = %(owner)s;
+
+-- name: give_back_owner_slots
+-- A process that stops frees every slot it still holds.
+UPDATE sync_slots SET owner = NULL, held_until = NULL WHERE owner = %(owner)s;
+
+-- name: pause_all
+-- A 429: no process takes a slot for %(seconds)s seconds (a longer pause in force stays).
+UPDATE sync_pacing
+SET paused_until = greatest(paused_until, clock_timestamp() + make_interval(secs => %(seconds)s));

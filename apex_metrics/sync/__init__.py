@@ -2,10 +2,11 @@
 
 queue.py     claim / settle / release in PostgreSQL (SKIP LOCKED, leases, fenced acks)
 worker.py    one worker's loop: drain batches, then wait for NOTIFY, a poll or stop
-engine.py    N workers + the listener + shared flow control in one process
+engine.py    N workers + the listener + one pacer in one process
 listener.py  LISTEN on a dedicated autocommit connection that reconnects
-policy.py    retry decisions (back-off, dead letters) and 429 flow control
-sink.py      what the engine needs from Dataverse (``upsert_many``), the row → body map
+slots.py     the Dataverse budget (pacer slots, the pause after a 429) shared in PostgreSQL
+sink.py      what the engine needs from Dataverse (``upsert``: UpsertMultiple or $batch), the
+             row → body map
 status.py    ``sync status``, ``retry-dead``, ``replay``
 reconcile.py ``reconcile``: compare every key and value with Dataverse, re-queue differences
 metrics.py   Prometheus metrics; logs.py: text or JSON logs

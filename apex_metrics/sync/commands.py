@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from apex_metrics.dataverse.client import DataverseClient, WhoAmI
 from apex_metrics.dataverse.connect import open_dataverse
-from apex_metrics.dataverse.errors import Throttled
-from apex_metrics.dataverse.flow import RetryPolicy as ClientRetry
+from apex_metrics.dataverse.flow import Flow
+from apex_metrics.dataverse.pacing import Pacer
+from apex_metrics.dataverse.retry import ROW_RETRY, RetryPolicy
 from apex_metrics.settings import Settings
 from apex_metrics.sync.engine import Engine, EngineConfig
 from apex_metrics.sync.errors import SyncIncomplete
 from apex_metrics.sync.metrics import SyncMetrics
-from apex_metrics.sync.policy import RetryPolicy
 from apex_metrics.sync.reconcile import ReconcileReport, reconcile
+from apex_metrics.sync.sink import DataverseSink
 from apex_metrics.sync.worker import EngineStats, WorkerConfig
 
 log = logging.getLogger("apex_metrics.sync")
 
-# The client retries a failed $batch only briefly; longer waits are per-row next-attempt times
-# in PostgreSQL (no lease ticks away while the client sleeps), and a 429 comes back to the
-# engine at once so that it pauses every worker without spending the rows' attempts.
-ENGINE_CLIENT_RETRY = ClientRetry(max_attempts=3, base_wait=0.2, max_wait=2.0, max_throttled=0)
+# The engine's client retries a failed request only briefly: longer waits are per-row
+# next-attempt times in PostgreSQL (no lease ticks away while the client sleeps). Its writes
+# take no 429 in place (``DataverseSink``): the rows go back without spending attempts while
+# the flow pauses everyone; its other requests (WhoAmI at start) wait 429s out.
+ENGINE_RETRY = RetryPolicy(max_attempts=3, base_wait=0.2, max_wait=2.0)
+
+
+def engine_flow() -> Flow:
+    """The flow of an engine's client: its own pacer (the engine shares its slots through
+    PostgreSQL) and ``ENGINE_RETRY``."""
+    return Flow(Pacer(), ENGINE_RETRY)
 
 
 def engine_config(
     settings: Settings,
     *,
-    workers: int,
+    workers: int | None = None,
     once: bool,
     poll_interval: float | None = None,
     batch_size: int | None = None,
@@ -43,7 +49,11 @@ def engine_config(
             lease_seconds=settings.sync_lease_seconds,
             once=once,
         ),
-        retry=RetryPolicy(max_attempts=settings.sync_max_attempts),
+        retry=RetryPolicy(
+            max_attempts=settings.sync_max_attempts,
+            base_wait=ROW_RETRY.base_wait,
+            max_wait=ROW_RETRY.max_wait,
+        ),
         retention_days=settings.sync_run_retention_days,
     )
 
@@ -60,15 +70,18 @@ async def run_sync(
     if metrics_port:
         metrics.serve(metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
-    async with open_dataverse(settings, retry=ENGINE_CLIENT_RETRY) as client:
-        who = await _whoami(client)
+    flow = engine_flow()
+    async with open_dataverse(settings, flow=flow) as client:
+        who = await client.whoami()  # proves the credentials; the flow waits out a 429
         log.info(
-            "connected to %s (dop hint %s)",
+            "connected to %s (dop hint %s, writes: %s)",
             who.environment_url,
             who.dop_hint,
+            settings.sync_write,
             extra={"event": "connected"},
         )
-        engine = Engine(config, client, metrics=metrics)
+        sink = DataverseSink(client, settings.sync_write)
+        engine = Engine(config, sink, flow.pacer, metrics=metrics)
         stats = await engine.run(handle_signals=handle_signals)
     if config.worker.once and stats.dead_lettered:
         keys = ", ".join(stats.dead_keys[:5])
@@ -80,21 +93,6 @@ async def run_sync(
     return stats
 
 
-async def _whoami(client: DataverseClient, *, max_wait: float = 300.0) -> WhoAmI:
-    """Prove the credentials before claiming anything; wait out throttling meanwhile."""
-    waited = 0.0
-    while True:
-        try:
-            return await client.whoami()
-        except Throttled as exc:
-            if waited >= max_wait:
-                raise
-            pause = max(exc.retry_after, 1.0)
-            log.info("throttled at start: waiting %.0fs", pause, extra={"event": "throttled"})
-            await asyncio.sleep(pause)
-            waited += pause
-
-
 async def run_reconcile(settings: Settings, *, repair: bool) -> ReconcileReport:
     async with open_dataverse(settings) as client:
         return await reconcile(settings.require("database_url"), client, repair=repair)
@@ -102,8 +100,8 @@ async def run_reconcile(settings: Settings, *, repair: bool) -> ReconcileReport:
 
 def stats_lines(stats: EngineStats) -> list[str]:
     return [
-        f"delivered {stats.delivered} row(s) ({stats.created} created, {stats.updated} updated) "
-        f"in {stats.requests} request(s)",
+        f"delivered {stats.delivered} row(s) ({stats.created} created, {stats.updated} updated, "
+        f"{stats.upserted} upserted) in {stats.requests} request(s)",
         f"failed attempts {stats.failed}, dead-lettered {stats.dead_lettered}, "
         f"changed in flight {stats.requeued}, throttled {stats.throttled}",
     ]

@@ -1,9 +1,11 @@
-"""Run N workers in one process: a shared pool, one listener, shared flow control.
+"""Run N workers in one process: a shared pool, one listener, one pacer.
 
 Safe with any number of processes on any number of machines against one database: all
-coordination is in PostgreSQL (``SKIP LOCKED`` claims, leases, fenced acknowledgements).
-SIGINT/SIGTERM set ``stop``: each worker finishes the batch in hand, then every lease still
-held by this process is given back.
+coordination is in PostgreSQL (``SKIP LOCKED`` claims, leases, fenced acknowledgements), and so
+is the Dataverse budget: the pacer's slots and the pause after a 429 live in ``sync_slots`` and
+``sync_pacing`` (``slots.py``), so N processes together hold the ceiling, not N times it.
+SIGINT/SIGTERM set ``stop``: each worker finishes the batch in hand, then every lease and slot
+still held by this process is given back.
 """
 
 from __future__ import annotations
@@ -20,26 +22,41 @@ from dataclasses import dataclass, field
 from psycopg import conninfo
 
 from apex_metrics import db
+from apex_metrics.dataverse.pacing import Pacer
+from apex_metrics.dataverse.retry import ROW_RETRY, RetryPolicy
 from apex_metrics.sync.listener import listen
 from apex_metrics.sync.metrics import SyncMetrics
-from apex_metrics.sync.policy import FlowControl, RetryPolicy
 from apex_metrics.sync.queue import Queue
 from apex_metrics.sync.sink import Sink
+from apex_metrics.sync.slots import PgSlots
 from apex_metrics.sync.worker import DB_ERRORS, EngineStats, Worker, WorkerConfig
 
 log = logging.getLogger("apex_metrics.sync")
 APPLICATION_NAME = "apex-metrics-sync"
 
 
+# Workers beyond x-ms-dop-hint: one claims or settles while the others send.
+SPARE_WORKERS = 2
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     database_url: str
-    workers: int = 1
+    workers: int | None = None  # None: as many as the pacer has slots, plus spares
     worker: WorkerConfig = field(default_factory=WorkerConfig)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = ROW_RETRY
     retention_days: int = 30
     stats_interval: float = 5.0
     listen: bool = True
+    shared_budget: bool = True  # slots in PostgreSQL (False: in this process only)
+
+
+def worker_count(config: EngineConfig, pacer: Pacer) -> int:
+    """``--workers``, or enough to keep every slot busy (x-ms-dop-hint, plus spares)."""
+    if config.workers is not None:
+        return max(1, config.workers)
+    return min(MAX_WORKERS, pacer.concurrency + SPARE_WORKERS)
 
 
 def engine_conninfo(database_url: str) -> str:
@@ -66,13 +83,22 @@ def process_id() -> str:
 class Engine:
     """``await Engine(config, sink).run()`` drains (``once``) or runs until ``request_stop``."""
 
-    def __init__(self, config: EngineConfig, sink: Sink, *, metrics: SyncMetrics | None = None):
+    def __init__(
+        self,
+        config: EngineConfig,
+        sink: Sink,
+        pacer: Pacer,
+        *,
+        metrics: SyncMetrics | None = None,
+    ):
+        """``pacer``: the one that paces the sink's requests (the client's flow's); the engine
+        moves its slots into PostgreSQL when ``config.shared_budget``."""
         self.config = config
         self.sink = sink
+        self.pacer = pacer
         self.metrics = metrics or SyncMetrics()
         self.stats = EngineStats()
         self.stop = asyncio.Event()
-        self.flow = FlowControl(config.workers)
         self.id = process_id()
         self.listening = asyncio.Event()
         self._wakes: list[asyncio.Event] = []
@@ -104,11 +130,23 @@ class Engine:
                 installed.append(sig)
         try:
             url = engine_conninfo(self.config.database_url)
-            async with db.open_pool(url, min_size=1, max_size=self.config.workers + 2) as pool:
+            workers = worker_count(self.config, self.pacer)
+            async with db.open_pool(url, min_size=1, max_size=workers + 2) as pool:
                 queue = Queue(pool)
+                slots = PgSlots(pool, self.id) if self.config.shared_budget else None
+                own_slots = self.pacer.slots
+                if slots is not None:
+                    self.pacer.slots = slots  # until the pool closes (given back below)
+                # a slot is held through claim and send: at most the send's time-out; a
+                # request should take well under that time-out
+                timeout = self.config.worker.send_timeout
+                self.pacer.hold_seconds = timeout + 30.0
+                self.pacer.target_request_seconds = min(
+                    self.pacer.target_request_seconds, timeout / 3
+                )
                 try:
                     await self._prune(queue)
-                    await self._work(queue)
+                    await self._work(queue, workers)
                 finally:
                     with contextlib.suppress(*DB_ERRORS):
                         await queue.goodbye(self.id)
@@ -116,6 +154,10 @@ class Engine:
                         released = await queue.release_prefix(self.id + "/")
                         if released:
                             log.info("released %d lease(s)", released, extra={"event": "released"})
+                    if slots is not None:
+                        with contextlib.suppress(*DB_ERRORS):
+                            await slots.give_back_all()
+                        self.pacer.slots = own_slots
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -129,8 +171,7 @@ class Engine:
         )
         self.request_stop()
 
-    async def _work(self, queue: Queue) -> None:
-        n = max(1, self.config.workers)
+    async def _work(self, queue: Queue, n: int) -> None:
         workers = []
         for i in range(n):
             wake = asyncio.Event()
@@ -142,7 +183,7 @@ class Engine:
                     sink=self.sink,
                     config=self.config.worker,
                     policy=self.config.retry,
-                    flow=self.flow,
+                    pacer=self.pacer,
                     stop=self.stop,
                     wake=wake,
                     stats=self.stats,
@@ -169,8 +210,9 @@ class Engine:
         side.append(asyncio.create_task(self._heartbeat(queue), name="apex-sync-heartbeat"))
         tasks = [asyncio.create_task(w.run(), name=f"apex-sync-{w.name}") for w in workers]
         log.info(
-            "sync started: %d worker(s)%s",
+            "sync started: %d worker(s), %d slot(s)%s",
             n,
+            self.pacer.concurrency,
             " (drain once)" if self.config.worker.once else "",
             extra={"event": "started", "workers": n, "process_id": self.id},
         )
@@ -217,7 +259,7 @@ class Engine:
         every = max(self.config.worker.poll_interval, 0.1)
         while not self.stop.is_set():
             with contextlib.suppress(*DB_ERRORS):
-                await queue.heartbeat(self.id, self.config.workers)
+                await queue.heartbeat(self.id, len(self._workers))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=every)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from apex_metrics.dataverse.errors import Throttled, TransientError
+from apex_metrics.dataverse.flow import Flow
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class FakeOutcome:
     code: str | None = None
     message: str | None = None
     transient: bool = False
+    retry_after: float = 0.0
 
 
 @dataclass
@@ -28,6 +31,7 @@ class FakeSink:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)
     calls: list[list[str]] = field(default_factory=list)
+    call_times: list[float] = field(default_factory=list)  # time.monotonic() of each call
     invalid: set[str] = field(default_factory=set)  # keys answered 400
     fail_rate: float = 0.0  # per-row 503
     batch_fail_rate: float = 0.0  # whole-request 503
@@ -36,15 +40,26 @@ class FakeSink:
     delay: float = 0.0
     seed: int = 7
     on_call: Any = None  # async callback(keys) run before the writes land
+    flow: Flow | None = None  # when set, calls go through it as DataverseSink's do (429 paused)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    async def upsert_many(
-        self, entity_set: str, key_column: str, items: Sequence[tuple[str, dict[str, Any]]]
-    ) -> list[FakeOutcome]:
+    async def upsert(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[FakeOutcome]:
+        if self.flow is None:
+            return await self._upsert(items)
+
+        async def attempt() -> list[FakeOutcome]:
+            return await self._upsert(items)
+
+        return await self.flow.call(
+            attempt, idempotent=True, what="fake upsert", rows=len(items), max_throttled=0
+        )
+
+    async def _upsert(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[FakeOutcome]:
         keys = [k for k, _ in items]
         self.calls.append(keys)
+        self.call_times.append(time.monotonic())
         if self.on_call is not None:
             await self.on_call(keys)
         if self.delay:

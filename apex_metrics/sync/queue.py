@@ -43,6 +43,7 @@ class Failure:
 class RunSummary:
     created: int = 0
     updated: int = 0
+    upserted: int = 0  # delivered by a 204 that does not say created or updated
     failed: int = 0
     dead_lettered: int = 0
     requeued: int = 0
@@ -137,6 +138,7 @@ class Queue:
                     "run_id": claim.run_id,
                     "created": summary.created,
                     "updated": summary.updated,
+                    "upserted": summary.upserted,
                     "failed": summary.failed,
                     "dead_lettered": summary.dead_lettered,
                     "requeued": summary.requeued,
@@ -160,6 +162,7 @@ class Queue:
                     "run_id": claim.run_id,
                     "created": 0,
                     "updated": 0,
+                    "upserted": 0,
                     "failed": 0,
                     "dead_lettered": 0,
                     "requeued": 0,

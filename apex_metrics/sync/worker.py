@@ -1,6 +1,9 @@
 """One worker: drain batches, then wait for a NOTIFY, the poll interval or stop.
 
-A batch is: claim (commit) → one ``$batch`` of upserts → settle (commit). The claim holds a
+A batch is: take a pacer slot → claim (commit) → one write request (``UpsertMultiple``, or a
+``$batch``) → give the slot back → settle (commit). The slot comes first, so no row is leased
+while its worker waits for Dataverse's budget, and the batch is sized when it can be sent (as
+many rows as about ten seconds of requests, at the measured cost per row). The claim holds a
 lease, not a transaction, across the HTTP call, and the send is bounded by half the lease so
 that a lease can only expire under a worker that has stopped sending.
 """
@@ -19,10 +22,10 @@ import psycopg
 import psycopg_pool
 
 from apex_metrics.dataverse.errors import DataverseError, Throttled
-from apex_metrics.metric import ALTERNATE_KEY_COLUMN, ENTITY_SET
+from apex_metrics.dataverse.pacing import Pacer, SlotWaitStopped
+from apex_metrics.dataverse.retry import RetryPolicy
 from apex_metrics.sync.errors import SinkFailed
 from apex_metrics.sync.metrics import SyncMetrics
-from apex_metrics.sync.policy import FlowControl, RetryPolicy
 from apex_metrics.sync.queue import Claim, Failure, Queue, RunSummary
 from apex_metrics.sync.sink import Outcome, Sink, dataverse_body
 
@@ -34,12 +37,10 @@ MAX_MESSAGE = 2000
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    batch_size: int = 1000
+    batch_size: int = 1000  # the most rows per claim; the pacer may choose fewer
     poll_interval: float = 1.0
     lease_seconds: float = 60.0
     once: bool = False
-    entity_set: str = ENTITY_SET
-    key_column: str = ALTERNATE_KEY_COLUMN
 
     @property
     def send_timeout(self) -> float:
@@ -55,6 +56,7 @@ class EngineStats:
     claimed: int = 0
     created: int = 0
     updated: int = 0
+    upserted: int = 0
     failed: int = 0
     dead_lettered: int = 0
     requeued: int = 0
@@ -65,7 +67,7 @@ class EngineStats:
 
     @property
     def delivered(self) -> int:
-        return self.created + self.updated
+        return self.created + self.updated + self.upserted
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ class EngineStats:
             "delivered": self.delivered,
             "created": self.created,
             "updated": self.updated,
+            "upserted": self.upserted,
             "failed": self.failed,
             "dead_lettered": self.dead_lettered,
             "requeued": self.requeued,
@@ -86,13 +89,23 @@ class EngineStats:
 
 
 @dataclass(slots=True)
+class _Sent:
+    """What came of one write request: per-row outcomes, or a failure of the whole request."""
+
+    outcomes: Sequence[Outcome] | None = None
+    throttled: Throttled | None = None
+    transient: tuple[str, str] | None = None  # (code, message) of a transient failure
+    fatal: DataverseError | None = None
+
+
+@dataclass(slots=True)
 class Worker:
     name: str  # "<process id>/w<i>"; lease owner tokens are "<name>/<batch number>"
     queue: Queue
     sink: Sink
     config: WorkerConfig
     policy: RetryPolicy
-    flow: FlowControl
+    pacer: Pacer
     stop: asyncio.Event
     wake: asyncio.Event
     stats: EngineStats
@@ -105,13 +118,10 @@ class Worker:
         """Drain, wait, repeat until ``stop`` (or, with ``once``, until nothing is due)."""
         db_backoff = 0.1
         while not self.stop.is_set():
-            await self.flow.wait_ready(self.stop)
-            if self.stop.is_set():
-                break
             self.wake.clear()
             try:
                 claimed = await self.run_batch()
-                if not claimed and self.config.once:
+                if not claimed and self.config.once and not self.stop.is_set():
                     due = await self.queue.next_due()
                     if due is None:
                         return
@@ -129,7 +139,7 @@ class Worker:
                 await self._idle(db_backoff, wakeable=False)
                 db_backoff = min(db_backoff * 2, 5.0)
                 continue
-            if not claimed:
+            if not claimed and not self.stop.is_set():
                 await self._idle(self.config.poll_interval)
 
     async def _idle(self, seconds: float, *, wakeable: bool = True) -> None:
@@ -143,31 +153,38 @@ class Worker:
             self.idle = False
 
     async def run_batch(self) -> int:
-        """Claim one batch, send it, settle it. Returns the number of rows claimed."""
+        """Take a slot, claim one batch, send it, settle it. Returns the rows claimed."""
         self._seq += 1
         owner = f"{self.name}/{self._seq}"
-        claim = await self.queue.claim(
-            owner=owner,
-            worker=self.name,
-            limit=self.config.batch_size,
-            lease_seconds=self.config.lease_seconds,
-        )
-        if claim is None:
-            return 0
-        if len(claim.rows) >= self.config.batch_size and self.recruit is not None:
-            self.recruit()  # more is probably waiting: bring an idle worker in
-        started = time.perf_counter()
-        self.stats.batches += 1
-        self.stats.claimed += len(claim.rows)
+        claim: Claim | None = None
         try:
-            await self._deliver(claim)
+            async with self.pacer.slot(until=self.stop):
+                claim = await self.queue.claim(
+                    owner=owner,
+                    worker=self.name,
+                    limit=self.pacer.batch_size(self.config.batch_size),
+                    lease_seconds=self.config.lease_seconds,
+                )
+                if claim is None:
+                    return 0
+                if len(claim.rows) >= self.config.batch_size and self.recruit is not None:
+                    self.recruit()  # more is probably waiting: bring an idle worker in
+                started = time.perf_counter()
+                self.stats.batches += 1
+                self.stats.claimed += len(claim.rows)
+                sent = await self._send(claim)
+            await self._settle(claim, sent)
+        except SlotWaitStopped:
+            return 0
         except asyncio.CancelledError:
-            await asyncio.shield(self._release_quietly(claim, "cancelled"))
+            if claim is not None:
+                await asyncio.shield(self._release_quietly(claim, "cancelled"))
             raise
         except DB_ERRORS:
             # Settling failed (e.g. the connection died): give the rows back now rather than
             # at lease expiry. Rows whose ack did commit are no longer ours and stay done.
-            await self._release_quietly(claim, "database error while settling")
+            if claim is not None:
+                await self._release_quietly(claim, "database error while settling")
             raise
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return len(claim.rows)
@@ -178,42 +195,57 @@ class Worker:
         except DB_ERRORS:
             pass  # the lease expires on its own
 
-    async def _deliver(self, claim: Claim) -> None:
+    async def _send(self, claim: Claim) -> _Sent:
+        """The write request for the claim's rows (in the slot taken for it)."""
+        items = [(str(r["run_id"]), dataverse_body(r)) for r in claim.rows]
+        self.stats.requests += 1
+        self.metrics.requests.inc()
+        try:
+            outcomes = await asyncio.wait_for(
+                self.sink.upsert(items), timeout=self.config.send_timeout
+            )
+        except Throttled as exc:  # the flow has paused every request already
+            return _Sent(throttled=exc)
+        except DataverseError as exc:
+            if not exc.transient:
+                return _Sent(fatal=exc)
+            return _Sent(transient=(exc.code or str(exc.status or ""), str(exc)))
+        except (TimeoutError, httpx.HTTPError) as exc:
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return _Sent(transient=("", text))
+        return _Sent(outcomes=outcomes)
+
+    async def _settle(self, claim: Claim, sent: _Sent) -> None:
         rows = claim.rows
-        items = [(str(r["run_id"]), dataverse_body(r)) for r in rows]
         summary = RunSummary()
         delivered: list[tuple[int, int]] = []
         failures: list[Failure] = []
-        try:
-            async with self.flow.slot():
-                self.stats.requests += 1
-                self.metrics.requests.inc()
-                outcomes = await asyncio.wait_for(
-                    self.sink.upsert_many(self.config.entity_set, self.config.key_column, items),
-                    timeout=self.config.send_timeout,
-                )
-        except Throttled as exc:
-            pause = self.flow.on_throttled(exc.retry_after)
+        if sent.fatal is not None:
+            exc = sent.fatal
+            await self.queue.release(claim, delay=0.0, error=_clip(str(exc)))
+            raise SinkFailed(str(exc), hint=exc.hint) from exc
+        if sent.throttled is not None:
+            pause = RetryPolicy.pause_for(sent.throttled.retry_after)
             self._count_throttle(summary, len(rows))
             log.info(
-                "throttled (429): pausing every worker for %.1fs",
+                "throttled (429): every worker waits %.1fs",
                 pause,
                 extra={"event": "throttled", "worker": self.name, "pause": pause},
             )
+            code = sent.throttled.code or "429"
             failures = [
-                Failure(r["id"], r["version"], False, pause, False, exc.code or "429", str(exc))
+                Failure(
+                    id=r["id"], version=r["version"], dead=False, delay=pause, counted=False,
+                    code=code, message=_clip(str(sent.throttled)),
+                )
                 for r in rows
-            ]
-        except DataverseError as exc:
-            if not exc.transient:
-                await self.queue.release(claim, delay=0.0, error=_clip(str(exc)))
-                raise SinkFailed(str(exc), hint=exc.hint) from exc
-            failures = self._transient_all(rows, exc.code or str(exc.status or ""), str(exc))
-        except (TimeoutError, httpx.HTTPError) as exc:
-            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            failures = self._transient_all(rows, "", text)
+            ]  # fmt: skip
+        elif sent.transient is not None:
+            code, message = sent.transient
+            failures = self._transient_all(rows, code, message)
         else:
-            delivered, failures = self._classify(rows, outcomes, summary)
+            assert sent.outcomes is not None
+            delivered, failures = await self._classify(rows, sent.outcomes, summary)
         summary.failed = sum(1 for f in failures if f.counted)
         settled = await self.queue.settle(claim, delivered, failures, summary)
         self._account(summary, settled.acked, settled.requeued, settled.dead, settled.lost_lease)
@@ -235,6 +267,7 @@ class Worker:
                     "claimed": len(rows),
                     "created": summary.created,
                     "updated": summary.updated,
+                    "upserted": summary.upserted,
                     "failed": summary.failed,
                     "dead": settled.dead,
                     "requeued": settled.requeued,
@@ -242,54 +275,69 @@ class Worker:
             },
         )
 
-    def _classify(
+    async def _classify(
         self, rows: list[dict[str, Any]], outcomes: Sequence[Outcome], summary: RunSummary
     ) -> tuple[list[tuple[int, int]], list[Failure]]:
         by_key = {o.key: o for o in outcomes}
         delivered: list[tuple[int, int]] = []
         failures: list[Failure] = []
-        throttled = 0
+        retry_after: float | None = None
         for r in rows:
             o = by_key.get(str(r["run_id"]))
             if o is None:
                 d = self.policy.decide(transient=True, attempts=r["attempts"])
                 failures.append(
-                    Failure(r["id"], r["version"], d.dead, d.delay, True, "", "no answer for row")
-                )
-            elif o.outcome != "failed":  # created, updated, or upserted (204: either)
+                    Failure(
+                        id=r["id"], version=r["version"], dead=d.dead, delay=d.delay,
+                        counted=True, code="", message="no answer for row",
+                    )
+                )  # fmt: skip
+            elif o.outcome != "failed":
                 delivered.append((r["id"], r["version"]))
                 if o.outcome == "created":
                     summary.created += 1
-                else:
+                elif o.outcome == "updated":
                     summary.updated += 1
-            elif o.status == 429:
-                throttled += 1
+                else:
+                    summary.upserted += 1
+            elif o.status == 429:  # one part of a $batch throttled: not the row's fault
+                retry_after = max(retry_after or 0.0, o.retry_after)
                 failures.append(
-                    Failure(r["id"], r["version"], False, 1.0, False, o.code or "429", _msg(o))
-                )
+                    Failure(
+                        id=r["id"], version=r["version"], dead=False, delay=0.0, counted=False,
+                        code=o.code or "429", message=_msg(o),
+                    )
+                )  # fmt: skip
             else:
                 d = self.policy.decide(transient=o.transient, attempts=r["attempts"])
                 failures.append(
-                    Failure(r["id"], r["version"], d.dead, d.delay, True, o.code or "", _msg(o))
-                )
-        if throttled:
-            pause = self.flow.on_throttled(None)
-            self._count_throttle(summary, throttled)
+                    Failure(
+                        id=r["id"], version=r["version"], dead=d.dead, delay=d.delay,
+                        counted=True, code=o.code or "", message=_msg(o),
+                    )
+                )  # fmt: skip
+        if retry_after is not None:
+            pause = await self.pacer.throttled(retry_after)
+            self._count_throttle(summary, sum(1 for f in failures if not f.counted))
             failures = [
-                Failure(f.id, f.version, f.dead, pause, f.counted, f.code, f.message)
-                if not f.counted
-                else f
+                f if f.counted else Failure(
+                    id=f.id, version=f.version, dead=False, delay=pause, counted=False,
+                    code=f.code, message=f.message,
+                )
                 for f in failures
-            ]
-        elif delivered:
-            self.flow.on_success()
+            ]  # fmt: skip
         return delivered, failures
 
     def _transient_all(self, rows: list[dict[str, Any]], code: str, message: str) -> list[Failure]:
         out = []
         for r in rows:
             d = self.policy.decide(transient=True, attempts=r["attempts"])
-            out.append(Failure(r["id"], r["version"], d.dead, d.delay, True, code, _clip(message)))
+            out.append(
+                Failure(
+                    id=r["id"], version=r["version"], dead=d.dead, delay=d.delay, counted=True,
+                    code=code, message=_clip(message),
+                )
+            )  # fmt: skip
         return out
 
     def _count_throttle(self, summary: RunSummary, rows: int) -> None:
@@ -303,14 +351,18 @@ class Worker:
         s = self.stats
         s.created += summary.created
         s.updated += summary.updated
+        s.upserted += summary.upserted
         s.failed += summary.failed
         s.dead_lettered += dead
         s.requeued += requeued
         s.lost_lease += lost
-        if summary.created:
-            self.metrics.delivered.labels("created").inc(summary.created)
-        if summary.updated:
-            self.metrics.delivered.labels("updated").inc(summary.updated)
+        for outcome, count in (
+            ("created", summary.created),
+            ("updated", summary.updated),
+            ("upserted", summary.upserted),
+        ):
+            if count:
+                self.metrics.delivered.labels(outcome).inc(count)
         if summary.failed:
             self.metrics.failed.inc(summary.failed)
         if dead:

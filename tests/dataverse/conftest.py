@@ -11,13 +11,22 @@ import pytest
 from apex_metrics.dataverse.auth import StaticTokenProvider
 from apex_metrics.dataverse.client import DataverseClient
 from apex_metrics.dataverse.connect import open_dataverse
-from apex_metrics.dataverse.flow import FlowControl, RetryPolicy
+from apex_metrics.dataverse.flow import Flow
+from apex_metrics.dataverse.pacing import Pacer
+from apex_metrics.dataverse.retry import RetryPolicy
 from apex_metrics.emulator import EmulatorConfig, create_app
 from apex_metrics.settings import Settings
 from apex_metrics.testing import running_emulator
 
 ENV = "https://org.example.test"
 FAST_RETRY = RetryPolicy(base_wait=0.01, max_wait=0.05)
+
+
+def fast_flow(concurrency: int = 16, retry: RetryPolicy = FAST_RETRY, **pacer: Any) -> Flow:
+    """A flow for tests of other things than pacing: short back-off, no rest between requests."""
+    options: dict[str, Any] = {"utilization": 1.0, "seconds_per_request": 0.0, **pacer}
+    return Flow(Pacer(concurrency=concurrency, **options), retry)
+
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -30,8 +39,7 @@ async def mock_client() -> AsyncIterator[Callable[..., DataverseClient]]:
     def make(handler: Handler, **kw: object) -> DataverseClient:
         http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         opened.append(http)
-        kw.setdefault("retry", FAST_RETRY)
-        kw.setdefault("flow", FlowControl(max_concurrency=16, initial_concurrency=16))
+        kw.setdefault("flow", fast_flow())
         return DataverseClient(http, ENV, StaticTokenProvider("tok-123"), **kw)  # type: ignore[arg-type]
 
     yield make
@@ -59,7 +67,7 @@ def emulator_config() -> EmulatorConfig:
 async def dataverse(emulator_config: EmulatorConfig) -> AsyncIterator[DataverseClient]:
     """A client talking to the emulator in process through httpx.ASGITransport."""
     transport = httpx.ASGITransport(app=create_app(emulator_config))
-    async with open_dataverse(local_settings(), transport=transport, retry=FAST_RETRY) as client:
+    async with open_dataverse(local_settings(), transport=transport, flow=fast_flow()) as client:
         yield client
 
 

@@ -73,7 +73,7 @@ async def test_batch_request_shape(mock_client: MakeClient) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         parts = decode_batch_request(request.content, request.headers["Content-Type"])
-        answers = [BatchResponseItem(200 if i % 2 else 201, {}, b"{}") for i in range(len(parts))]
+        answers = [BatchResponseItem(204 if i % 2 else 201, {}, b"") for i in range(len(parts))]
         body, content_type = encode_batch_response(answers)
         return httpx.Response(200, content=body, headers={"Content-Type": content_type})
 
@@ -81,7 +81,7 @@ async def test_batch_request_shape(mock_client: MakeClient) -> None:
     items = [(f"run-{i}", {"apex_runid": f"run-{i}", "apex_tokensin": i}) for i in range(3)]
     items.append(("it's", {"apex_tokensin": 9}))
     outcomes = await client.upsert_many("apex_campaignmetricses", "apex_runid", items)
-    assert [o.outcome for o in outcomes] == ["created", "updated", "created", "updated"]
+    assert [o.outcome for o in outcomes] == ["created", "upserted", "created", "upserted"]
     assert [o.key for o in outcomes] == ["run-0", "run-1", "run-2", "it's"]
     request = seen[0]
     assert request.method == "POST" and request.url.path == "/api/data/v9.2/$batch"
@@ -96,7 +96,7 @@ async def test_batch_request_shape(mock_client: MakeClient) -> None:
     assert head == b"Content-Type: application/http\r\nContent-Transfer-Encoding: binary"
     request_line = rest.split(b"\r\n")[0]
     assert request_line.startswith(b"PATCH http://") or request_line.startswith(b"PATCH https://")
-    assert request_line.endswith(b"?$select=apex_runid HTTP/1.1")
+    assert request_line.endswith(b"(apex_runid='run-0') HTTP/1.1"), "no $select: no body wanted"
     assert b"Content-Type: application/json; type=entry\r\n" in rest
     assert b"Content-Length: " in rest, "inner PATCH parts carry Content-Length"
     assert request.content.endswith(f"--{boundary}--\r\n".encode())
@@ -104,10 +104,8 @@ async def test_batch_request_shape(mock_client: MakeClient) -> None:
     assert all(isinstance(p, BatchPart) and p.method == "PATCH" for p in parts)
     first = parts[0]
     assert isinstance(first, BatchPart)
-    assert first.url.endswith(
-        "/api/data/v9.2/apex_campaignmetricses(apex_runid='run-0')?$select=apex_runid"
-    )
-    assert first.header("Prefer") == "return=representation"
+    assert first.url.endswith("/api/data/v9.2/apex_campaignmetricses(apex_runid='run-0')")
+    assert first.header("Prefer") is None, "no return=representation: no extra Retrieve per row"
     assert first.json() == {"apex_tokensin": 0}, "no key column in the body"
     last = parts[3]
     assert isinstance(last, BatchPart) and "(apex_runid='it''s')" in last.url
@@ -131,7 +129,7 @@ async def test_partial_failure_maps_to_the_right_rows(mock_client: MakeClient) -
         [("a", {}), ("b", {"apex_phase": "x" * 17}), ("c", {})],
     )
     a, b, c = outcomes
-    assert (a.key, a.status, a.outcome) == ("a", 204, "updated")
+    assert (a.key, a.status, a.outcome) == ("a", 204, "upserted")
     assert (b.key, b.status, b.outcome, b.code) == ("b", 400, "failed", "0x80044331")
     assert "apex_phase" in b.message and not b.transient
     assert (c.key, c.status, c.outcome) == ("c", 201, "created")
@@ -296,8 +294,8 @@ def parts_of(api_url: str, key_column: str, items: list[tuple[str, Any]]) -> lis
     return [
         BatchPart(
             "PATCH",
-            f"{api_url}{key_path('s', {key_column: k})}?$select={key_column}",
-            {"Content-Type": "application/json; type=entry", "Prefer": "return=representation"},
+            f"{api_url}{key_path('s', {key_column: k})}",
+            {"Content-Type": "application/json; type=entry"},
             dumps(without_keys(body, {key_column: k})),
         )
         for k, body in items

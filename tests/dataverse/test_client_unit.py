@@ -14,9 +14,8 @@ import pytest
 
 from apex_metrics.dataverse import errors as e
 from apex_metrics.dataverse.client import DataverseClient
-from apex_metrics.dataverse.flow import FlowControl
 
-from .conftest import ENV
+from .conftest import ENV, fast_flow
 
 MakeClient = Callable[..., DataverseClient]
 
@@ -34,7 +33,7 @@ async def test_standard_headers_token_and_upsert_url(mock_client: MakeClient) ->
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(201, json={"apex_runid": "O'Neil run"})
+        return httpx.Response(204)
 
     client = mock_client(handler)
     outcome = await client.upsert(
@@ -42,7 +41,7 @@ async def test_standard_headers_token_and_upsert_url(mock_client: MakeClient) ->
         {"apex_runid": "O'Neil run"},
         {"apex_runid": "x", "apex_phase": "2-3"},
     )
-    assert outcome.outcome == "created" and outcome.status == 201
+    assert outcome.outcome == "upserted" and outcome.status == 204
     request = seen[0]
     assert request.method == "PATCH"
     assert request.url.raw_path.startswith(
@@ -54,7 +53,8 @@ async def test_standard_headers_token_and_upsert_url(mock_client: MakeClient) ->
     )
     assert request.headers["Accept"] == "application/json"
     assert request.headers["Content-Type"] == "application/json"
-    assert request.headers["Prefer"] == "return=representation"
+    assert "Prefer" not in request.headers, "no return=representation: no extra Retrieve"
+    assert "$select" not in request.url.params
     assert "If-Match" not in request.headers and "If-None-Match" not in request.headers
     assert json.loads(request.content) == {"apex_phase": "2-3"}, (
         "the key column never goes in the body"
@@ -127,7 +127,7 @@ async def test_5xx_and_dropped_connections_are_retried_for_idempotent_calls(
 
     client = mock_client(handler)
     outcome = await client.upsert("s", {"k": "a"}, {"v": 1})
-    assert calls == 4 and outcome.outcome == "updated"
+    assert calls == 4 and outcome.outcome == "upserted"
     assert client.flow.stats.retries == 3
 
 
@@ -142,7 +142,7 @@ async def test_retries_give_up_after_max_attempts(mock_client: MakeClient) -> No
     client = mock_client(handler)
     with pytest.raises(e.TransientError):
         await client.get_json("WhoAmI")
-    assert calls == client.retry.max_attempts
+    assert calls == client.flow.retry.max_attempts
 
 
 async def test_post_create_is_never_retried_blind(mock_client: MakeClient) -> None:
@@ -207,7 +207,7 @@ async def test_429_pauses_every_request_of_the_client_for_retry_after(
         await asyncio.sleep(0.01)
         return httpx.Response(204)
 
-    client = mock_client(handler, flow=FlowControl(max_concurrency=1, initial_concurrency=1))
+    client = mock_client(handler, flow=fast_flow(concurrency=1))
     tasks = [client.upsert("s", {"k": f"r{i}"}, {"v": i}) for i in range(6)]
     outcomes = await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
     assert all(o.ok for o in outcomes)
@@ -215,6 +215,7 @@ async def test_429_pauses_every_request_of_the_client_for_retry_after(
     later = [s for s in starts if s > throttled_at[0]]
     assert len(later) == 6
     assert min(later) >= throttled_at[0] + 1.0, "nothing was sent during the Retry-After pause"
+    assert min(later) < throttled_at[0] + 1.3, "the pause is Retry-After, not longer"
     assert client.flow.stats.throttled == 1
 
 
@@ -237,7 +238,7 @@ async def test_429_pause_applies_to_requests_already_queued_in_parallel(
         await asyncio.sleep(0.05)
         return httpx.Response(204)
 
-    client = mock_client(handler, flow=FlowControl(max_concurrency=4, initial_concurrency=4))
+    client = mock_client(handler, flow=fast_flow(concurrency=4))
     tasks = [client.upsert("s", {"k": f"r{i}"}, {"v": i}) for i in range(12)]
     outcomes = await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
     assert all(o.ok for o in outcomes)
@@ -245,26 +246,6 @@ async def test_429_pause_applies_to_requests_already_queued_in_parallel(
     assert after, "work continued after the pause"
     assert min(after) >= throttled_at[0] + 1.0
     assert client.flow.stats.throttled == 1
-
-
-def test_aimd_halves_on_throttle_and_grows_back_by_one_per_window() -> None:
-    now = [100.0]
-    flow = FlowControl(max_concurrency=8, initial_concurrency=8, clock=lambda: now[0])
-    flow.throttled(3)
-    assert flow.concurrency == 4 and flow.paused_for() == 3.0
-    flow.throttled(1)  # same burst: no second cut; a shorter Retry-After never shortens the pause
-    assert flow.concurrency == 4 and flow.paused_for() == 3.0
-    now[0] += 3
-    flow.throttled(2)  # a new throttling episode
-    assert flow.concurrency == 2 and flow.paused_for() == 2.0
-    for _ in range(3):  # +1/limit per success: about +1 per window of `limit` successes
-        flow.succeeded()
-    assert flow.concurrency == 3
-    for _ in range(100):
-        flow.succeeded()
-    assert flow.concurrency == 8, "capped"
-    flow.hint(3)
-    assert flow.concurrency == 3
 
 
 async def test_dop_hint_caps_concurrency(mock_client: MakeClient) -> None:
@@ -284,7 +265,7 @@ async def test_dop_hint_caps_concurrency(mock_client: MakeClient) -> None:
             )
         return httpx.Response(204)
 
-    client = mock_client(handler, flow=FlowControl(max_concurrency=52, initial_concurrency=8))
+    client = mock_client(handler, flow=fast_flow(concurrency=8))
     me = await client.whoami()
     assert me.dop_hint == 2 and me.organization_id == "o"
     await asyncio.wait_for(

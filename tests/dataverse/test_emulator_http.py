@@ -16,12 +16,11 @@ from apex_metrics import metric
 from apex_metrics.dataverse import errors as e
 from apex_metrics.dataverse.auth import MsalTokenProvider
 from apex_metrics.dataverse.connect import open_dataverse
-from apex_metrics.dataverse.flow import FlowControl
 from apex_metrics.dataverse.provision import provision
 from apex_metrics.emulator import EmulatorConfig
 from apex_metrics.testing import running_emulator
 
-from .conftest import FAST_RETRY, local_settings
+from .conftest import fast_flow, local_settings
 
 SET = metric.ENTITY_SET
 KEY = metric.ALTERNATE_KEY_COLUMN
@@ -51,15 +50,15 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 async def test_whoami_provision_and_batch_over_http(http_emulator: Any) -> None:
-    async with open_dataverse(local_settings(http_emulator.url), retry=FAST_RETRY) as client:
+    async with open_dataverse(local_settings(http_emulator.url), flow=fast_flow()) as client:
         me = await client.whoami()
         assert me.dop_hint and me.environment_url == http_emulator.url
         report = await provision(client, poll_interval=0.05)
         assert report.ok and report.key_status == "Active"
         outcomes = await client.upsert_many(SET, KEY, [(f"r-{i}", body(i)) for i in range(1000)])
-        assert {o.outcome for o in outcomes} == {"created"}
+        assert {o.outcome for o in outcomes} == {"upserted"}
         outcomes = await client.upsert_many(SET, KEY, [(f"r-{i}", body(i)) for i in range(10)])
-        assert {o.outcome for o in outcomes} == {"updated"}
+        assert {o.outcome for o in outcomes} == {"upserted"}
         rows = [r async for r in client.query(SET, select=[KEY], page_size=300)]
         assert len(rows) == 1000
 
@@ -114,9 +113,9 @@ async def test_msal_over_https_with_test_ca(tls_emulator: Any) -> None:
 
 
 async def test_throttling_storm_pauses_then_work_completes(http_emulator: Any) -> None:
-    flow = FlowControl(initial_concurrency=8)
+    flow = fast_flow(concurrency=8)
     settings = local_settings(http_emulator.url)
-    async with open_dataverse(settings, retry=FAST_RETRY, flow=flow) as client:
+    async with open_dataverse(settings, flow=flow) as client:
         await client.tokens.token()
         # From now on, for 1.5 s, every Web API request gets 429 with Retry-After: 1.
         await set_faults(client, http_emulator, storm_seconds=1.5, storm_retry_after=1)
@@ -128,12 +127,13 @@ async def test_throttling_storm_pauses_then_work_completes(http_emulator: Any) -
         assert flow.stats.throttled >= 1
         assert all(wait == 1.0 for wait in flow.stats.retry_after)
         assert time.monotonic() - started >= 1.0, "the pause lasted Retry-After at least"
+        assert flow.stats.paused_seconds >= 1.0
 
 
 async def test_5xx_and_dropped_connections_are_retried_to_exactly_once() -> None:
     config = EmulatorConfig(key_activation_delay_seconds=0.0)
     with running_emulator(config) as server:
-        async with open_dataverse(local_settings(server.url), retry=FAST_RETRY) as client:
+        async with open_dataverse(local_settings(server.url), flow=fast_flow()) as client:
             await provision(client, poll_interval=0.05)
             await set_faults(client, server, error_503_rate=0.15, drop_rate=0.2, seed=7)
             for start in range(0, 200, 20):
@@ -149,7 +149,7 @@ async def test_5xx_and_dropped_connections_are_retried_to_exactly_once() -> None
 async def test_post_create_is_not_retried_after_a_dropped_connection() -> None:
     config = EmulatorConfig(key_activation_delay_seconds=0.0)
     with running_emulator(config) as server:
-        async with open_dataverse(local_settings(server.url), retry=FAST_RETRY) as client:
+        async with open_dataverse(local_settings(server.url), flow=fast_flow()) as client:
             await provision(client, poll_interval=0.05)
             await set_faults(client, server, drop_rate=1.0)
             with pytest.raises(e.TransientError) as caught:

@@ -21,7 +21,7 @@ from apex_metrics.dataverse.provision import (
 )
 from apex_metrics.emulator import EmulatorConfig, create_app
 
-from .conftest import FAST_RETRY, local_settings
+from .conftest import fast_flow, local_settings
 
 SET = metric.ENTITY_SET
 KEY = metric.ALTERNATE_KEY_COLUMN
@@ -47,7 +47,7 @@ async def test_whoami_reads_ids_and_parallelism_hint(dataverse: DataverseClient)
     me = await dataverse.whoami()
     assert me.user_id and me.organization_id and me.business_unit_id
     assert me.dop_hint is not None and me.dop_hint >= 1
-    assert dataverse.flow.cap == me.dop_hint
+    assert dataverse.flow.pacer.concurrency == me.dop_hint
 
 
 async def test_provision_from_nothing_then_rerun_changes_nothing(
@@ -137,16 +137,16 @@ async def test_double_prefix_is_recognised(dataverse: DataverseClient) -> None:
 async def test_upsert_modes_get_query_delete(dataverse: DataverseClient) -> None:
     await provision(dataverse, poll_interval=0.05)
     first = await dataverse.upsert(SET, {KEY: "run-1"}, row("run-1"))
-    assert first.outcome == "created"
+    assert (first.outcome, first.status) == ("upserted", 204), "no representation asked"
     again = await dataverse.upsert(SET, {KEY: "run-1"}, row("run-1", tokens_in=7))
-    assert again.outcome == "updated"
+    assert again.outcome == "upserted"
     with pytest.raises(e.PreconditionFailed):
         await dataverse.upsert(SET, {KEY: "run-1"}, row("run-1"), mode="create")
     with pytest.raises(e.NotFound):
         await dataverse.upsert(SET, {KEY: "nope"}, row("nope"), mode="update")
     assert (
         await dataverse.upsert(SET, {KEY: "it's"}, row("it's"), mode="create")
-    ).outcome == "created"
+    ).outcome == "upserted"
 
     got = await dataverse.get_by_key(SET, {KEY: "run-1"}, select=["apex_tokensin", "apex_name"])
     assert got is not None and got["apex_tokensin"] == 7 and got["apex_name"] == "run-1"
@@ -191,16 +191,41 @@ async def test_upsert_many_maps_partial_failures_to_rows(dataverse: DataverseCli
     assert by_key["bad-phase"].outcome == "failed" and by_key["bad-phase"].code == "0x80044331"
     assert by_key["bad-phase"].status == 400 and not by_key["bad-phase"].transient
     assert by_key["bad-column"].outcome == "failed" and by_key["bad-column"].code == "0x80060888"
-    assert by_key["exists"].outcome == "updated"
-    assert all(by_key[f"b-{i}"].outcome == "created" for i in range(5))
+    assert by_key["exists"].outcome == "upserted"
+    assert all(by_key[f"b-{i}"].outcome == "upserted" for i in range(5))
     count = len([r async for r in dataverse.query(SET, select=[KEY])])
     assert count == 6
+
+
+async def test_upsert_multiple_writes_all_and_finds_a_poison_row(
+    dataverse: DataverseClient,
+) -> None:
+    await provision(dataverse, poll_interval=0.05)
+    items = [(f"m-{i}", row(f"m-{i}")) for i in range(50)]
+    outcomes = await dataverse.upsert_multiple(SET, metric.TABLE_LOGICAL_NAME, KEY, items)
+    assert [o.outcome for o in outcomes] == ["upserted"] * 50
+    changed = [(f"m-{i}", row(f"m-{i}", tokens_in=i)) for i in range(50)]
+    poison = ("m-poison", row("m-poison") | {"apex_phase": "p" * 17})
+    changed.insert(17, poison)
+    changed.insert(3, ("bad key/", row("m-0")))  # never sent: breaks key URLs
+    outcomes = await dataverse.upsert_multiple(SET, metric.TABLE_LOGICAL_NAME, KEY, changed)
+    assert [o.key for o in outcomes] == [k for k, _ in changed]
+    by_key = {o.key: o for o in outcomes}
+    assert by_key["m-poison"].outcome == "failed" and by_key["m-poison"].code == "0x80044331"
+    assert "apex_phase" in by_key["m-poison"].message and not by_key["m-poison"].transient
+    assert by_key["bad key/"].code == "invalid_key"
+    assert sum(o.ok for o in outcomes) == 50, "every good row of the failed chunk went through"
+    stored = {
+        r[KEY]: r["apex_tokensin"]
+        async for r in dataverse.query(SET, select=[KEY, "apex_tokensin"])
+    }
+    assert stored == {f"m-{i}": i for i in range(50)}, "the good rows hold the new values"
 
 
 async def test_aggregate_splits_when_over_the_record_limit() -> None:
     config = EmulatorConfig(key_activation_delay_seconds=0.0, max_aggregate_records=8)
     transport = httpx.ASGITransport(app=create_app(config))
-    async with open_dataverse(local_settings(), transport=transport, retry=FAST_RETRY) as client:
+    async with open_dataverse(local_settings(), transport=transport, flow=fast_flow()) as client:
         await provision(client, poll_interval=0.05)
         start = datetime(2026, 1, 1, tzinfo=UTC)
         items = [

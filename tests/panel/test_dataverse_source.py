@@ -16,8 +16,9 @@ import psycopg
 import pytest
 
 from apex_metrics.dataverse.connect import open_dataverse
-from apex_metrics.dataverse.flow import RetryPolicy
+from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.provision import provision
+from apex_metrics.dataverse.retry import RetryPolicy
 from apex_metrics.emulator import EmulatorConfig, create_app
 from apex_metrics.metric import ALTERNATE_KEY_COLUMN, ENTITY_SET, FIELD_NAMES, Metric
 from apex_metrics.panel.app import PanelConfig
@@ -42,7 +43,10 @@ async def loaded_emulator(database_url: str) -> AsyncIterator[dict[str, Any]]:
     emulator = create_app(
         EmulatorConfig(key_activation_delay_seconds=0.05, max_aggregate_records=400)
     )
-    options: dict[str, Any] = {"transport": httpx.ASGITransport(app=emulator), "retry": FAST_RETRY}
+    options: dict[str, Any] = {
+        "transport": httpx.ASGITransport(app=emulator),
+        "flow": Flow(retry=FAST_RETRY),
+    }
     async with open_dataverse(settings(), **options) as client:
         await provision(client, poll_interval=0.05, key_timeout=30)
         with psycopg.connect(database_url) as conn:

@@ -14,7 +14,9 @@ from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.provision import provision
 from apex_metrics.emulator import EmulatorConfig
 from apex_metrics.settings import Settings
+from apex_metrics.sync.engine import Engine, EngineConfig
 from apex_metrics.sync.fakes import FakeSink
+from apex_metrics.sync.sink import DataverseSink
 from apex_metrics.testing import RunningEmulator, running_emulator
 
 
@@ -71,3 +73,8 @@ async def stack(database_url: str, emulator: RunningEmulator) -> AsyncIterator[S
         report = await provision(client, poll_interval=0.05, key_timeout=30)
         assert not report.problems
         yield Stack(database_url, emulator, settings, client)
+
+
+def client_engine(config: EngineConfig, client: DataverseClient) -> Engine:
+    """An engine that writes through ``client`` (UpsertMultiple), paced by its flow."""
+    return Engine(config, DataverseSink(client), client.flow.pacer)

@@ -95,7 +95,7 @@ async def test_daemon_serves_metrics_and_stops_on_sigterm(stack: Stack) -> None:
 
 
 async def metrics_when_delivered(port: int, rows: int) -> str:
-    wanted = f'apex_sync_delivered_rows_total{{outcome="created"}} {float(rows)}'
+    wanted = f'apex_sync_delivered_rows_total{{outcome="upserted"}} {float(rows)}'
     async with httpx.AsyncClient() as http:
         while True:
             try:

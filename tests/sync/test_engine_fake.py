@@ -6,10 +6,12 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+from apex_metrics.dataverse.flow import Flow
+from apex_metrics.dataverse.pacing import Pacer
+from apex_metrics.dataverse.retry import RetryPolicy
 from apex_metrics.sync.checks import compare, execute, insert_rows, pg_expected
 from apex_metrics.sync.engine import Engine, EngineConfig
 from apex_metrics.sync.fakes import FakeSink
-from apex_metrics.sync.policy import RetryPolicy
 from apex_metrics.sync.reconcile import reconcile
 from apex_metrics.sync.status import get_status, replay, retry_dead
 from apex_metrics.sync.worker import WorkerConfig
@@ -33,8 +35,16 @@ def config(
     return EngineConfig(database_url=url, workers=workers, worker=worker, retry=retry)
 
 
+def engine(cfg: EngineConfig, sink: FakeSink, concurrency: int = 4) -> Engine:
+    """The engine with the fake sink behind a flow (slots shared in PostgreSQL, no rest
+    between requests: this tests the queue, not the pacing)."""
+    pacer = Pacer(concurrency=concurrency, utilization=1.0, seconds_per_request=0.0)
+    sink.flow = Flow(pacer, RetryPolicy(max_attempts=1))
+    return Engine(cfg, sink, pacer)
+
+
 async def run_once(url: str, sink: FakeSink, **kw: Any) -> Any:
-    return await asyncio.wait_for(Engine(config(url, **kw), sink).run(), 60)
+    return await asyncio.wait_for(engine(config(url, **kw), sink).run(), 60)
 
 
 async def scalar(url: str, query: str) -> Any:
@@ -127,10 +137,14 @@ async def test_row_dead_after_max_attempts(database_url: str) -> None:
 
 async def test_429_pauses_and_does_not_count_as_attempt(database_url: str) -> None:
     await insert_rows(database_url, 10)
-    sink = FakeSink(throttle_next=4, retry_after=0.05)
+    sink = FakeSink(throttle_next=3, retry_after=0.4)
     stats = await run_once(database_url, sink, retry=RetryPolicy(2, 0.005, 0.01))
-    assert stats.throttled == 4 and stats.dead_lettered == 0 and stats.created == 10
+    assert stats.throttled == 3 and stats.dead_lettered == 0 and stats.created == 10
     await assert_converged(database_url, sink)
+    gaps = [b - a for a, b in zip(sink.call_times, sink.call_times[1:], strict=False)]
+    assert len(gaps) >= 3
+    for gap in gaps[:3]:  # after each 429, nothing was sent for exactly Retry-After
+        assert 0.39 <= gap < 0.4 + 0.25, gaps
 
 
 async def test_row_changed_in_flight_stays_pending_and_ends_latest(database_url: str) -> None:
@@ -200,15 +214,15 @@ async def wait_until(predicate: Any, timeout: float = 15) -> None:
 async def test_notify_wakes_idle_workers_and_the_listener_reconnects(database_url: str) -> None:
     """Polling every 10 minutes: only NOTIFY can deliver these rows within the test's timeout."""
     sink = FakeSink()
-    engine = Engine(config(database_url, once=False, workers=2, poll_interval=600), sink)
-    task = asyncio.create_task(engine.run())
+    running = engine(config(database_url, once=False, workers=2, poll_interval=600), sink)
+    task = asyncio.create_task(running.run())
     try:
-        await asyncio.wait_for(engine.listening.wait(), 15)
+        await asyncio.wait_for(running.listening.wait(), 15)
         await asyncio.sleep(0.2)  # let both workers finish their first (empty) drain
         await insert_rows(database_url, 1, prefix="lone-")
         await wait_until(lambda: "lone-1" in sink.rows)
         assert sink.calls[-1] == ["lone-1"]  # a lone row goes out alone, at once
-        engine.listening.clear()
+        running.listening.clear()
         killed = await execute(
             database_url,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -216,14 +230,14 @@ async def test_notify_wakes_idle_workers_and_the_listener_reconnects(database_ur
             "AND datname = current_database()",
         )
         assert killed == [(True,)]
-        await asyncio.wait_for(engine.listening.wait(), 15)
+        await asyncio.wait_for(running.listening.wait(), 15)
         await asyncio.sleep(0.2)
         await insert_rows(database_url, 1, prefix="after-")
         await wait_until(lambda: "after-1" in sink.rows)
         alive = await execute(database_url, "SELECT id, workers FROM sync_processes")
-        assert alive == [(engine.id, 2)]  # the heartbeat of a live process
+        assert alive == [(running.id, 2)]  # the heartbeat of a live process
     finally:
-        engine.request_stop()
+        running.request_stop()
         stats = await asyncio.wait_for(task, 15)
     assert stats.created == 2 and stats.db_errors == 0
     assert await execute(database_url, "SELECT id FROM sync_processes") == []  # clean stop

@@ -8,6 +8,7 @@ fault run and the long SIGKILL soak are in bench/reliability_soak.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -26,12 +27,11 @@ from apex_metrics.emulator import EmulatorConfig
 from apex_metrics.emulator.config import FaultSettings
 from apex_metrics.sync.checks import Verdict, execute, insert_rows, verdict
 from apex_metrics.sync.commands import engine_config, run_sync
-from apex_metrics.sync.engine import Engine
 from apex_metrics.sync.reconcile import reconcile
 from apex_metrics.sync.status import get_status, retry_dead
 from apex_metrics.testing import RunningEmulator
 
-from .conftest import Stack, sync_settings
+from .conftest import Stack, client_engine, sync_settings
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,7 @@ async def test_2_sigkill_workers_again_and_again(stack: Stack, tmp_path: Path) -
 
 async def test_3_terminated_backends(stack: Stack) -> None:
     await insert_rows(stack.database_url, 2000)
-    engine = Engine(quick_config(stack, workers=2, once=False, batch_size=50), stack.client)
+    engine = client_engine(quick_config(stack, workers=2, once=False, batch_size=50), stack.client)
     task = asyncio.create_task(engine.run())
     terminated = 0
     try:
@@ -189,7 +189,7 @@ async def test_3_terminated_backends(stack: Stack) -> None:
 
 async def test_4_rows_updated_while_in_flight(stack: Stack) -> None:
     await insert_rows(stack.database_url, 2000)
-    engine = Engine(quick_config(stack, workers=2, once=False, batch_size=100), stack.client)
+    engine = client_engine(quick_config(stack, workers=2, once=False, batch_size=100), stack.client)
     task = asyncio.create_task(engine.run())
     rng = random.Random(3)
     try:
@@ -216,11 +216,15 @@ async def test_4_rows_updated_while_in_flight(stack: Stack) -> None:
 
 async def test_5_three_workers_at_once(stack: Stack) -> None:
     await insert_rows(stack.database_url, 2000)
-    engines = [
-        Engine(quick_config(stack, workers=1, once=True, batch_size=50), stack.client)
-        for _ in range(3)
-    ]
-    results = await asyncio.wait_for(asyncio.gather(*(e.run() for e in engines)), 120)
+    async with contextlib.AsyncExitStack() as clients:  # three processes' worth: own clients
+        engines = [
+            client_engine(
+                quick_config(stack, workers=1, once=True, batch_size=50),
+                await clients.enter_async_context(open_dataverse(stack.settings)),
+            )
+            for _ in range(3)
+        ]
+        results = await asyncio.wait_for(asyncio.gather(*(e.run() for e in engines)), 120)
     per_worker = [s.delivered for s in results]
     report(
         "5 three workers",
@@ -263,6 +267,9 @@ async def test_6_poison_row_dead_lettered_then_retried(
         assert error["code"] == "0x80044331" and "apex_phase" in error["message"]
         first = await verdict(database_url, client)
         assert (first.lost, first.rows) == (1, 500)  # only the poison row is missing
+        paths = [r["path"] for r in (await stack.stats())["recent"]]  # type: ignore[index]
+        assert any(p.endswith("Microsoft.Dynamics.CRM.UpsertMultiple") for p in paths)
+        assert any(p.endswith("$batch") for p in paths), "the failing chunk went as $batch"
 
         # Fix the cause: the table is recreated to the contract (the emulator is reset).
         await stack.stats()

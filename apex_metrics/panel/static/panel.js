@@ -194,8 +194,8 @@
     body.replaceChildren();
     for (const r of data.runs || []) {
       const tr = el("tr");
-      tr.append(el("td", r.started_at.slice(0, 19).replace("T", " ")), el("td", r.worker), el("td", fmt(r.claimed)), el("td", fmt(r.created)),
-        el("td", fmt(r.updated)), el("td", fmt(r.failed)), el("td", r.outcome, "outcome-" + r.outcome));
+      tr.append(el("td", r.started_at.slice(0, 19).replace("T", " ")), el("td", r.worker), el("td", fmt(r.claimed)),
+        el("td", fmt(r.created + r.updated + r.upserted)), el("td", fmt(r.failed)), el("td", r.outcome, "outcome-" + r.outcome));
       body.append(tr);
     }
     if (!(data.runs || []).length) {

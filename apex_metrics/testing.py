@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from apex_metrics.emulator import EmulatorConfig, create_app
+from apex_metrics.emulator import CostModel, EmulatorConfig, create_app
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
@@ -83,8 +83,12 @@ def tls_files(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Pat
 def running_emulator(
     config: EmulatorConfig | None = None, *, tls: bool = False
 ) -> Iterator[RunningEmulator]:
-    """Serve the emulator with uvicorn in a background thread until the block ends."""
-    config = config or EmulatorConfig()
+    """Serve the emulator with uvicorn in a background thread until the block ends.
+
+    Without ``config``, under the ``free`` cost profile: requests take only the time the
+    emulator spends on them, so tests that do not look at costs run fast. Pass a config with
+    ``costs=CostModel()`` to be charged Dataverse's modeled time."""
+    config = config or EmulatorConfig(costs=CostModel.free())
     host, port = "127.0.0.1", free_port()
     with tempfile.TemporaryDirectory(prefix="apex-emulator-") as tmp:
         ssl: dict[str, str] = {}

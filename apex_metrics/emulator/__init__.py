@@ -5,5 +5,6 @@ from __future__ import annotations
 
 from apex_metrics.emulator.app import create_app
 from apex_metrics.emulator.config import EmulatorConfig, FaultSettings, ServiceLimits
+from apex_metrics.emulator.costs import CostModel, Usage
 
-__all__ = ["EmulatorConfig", "FaultSettings", "ServiceLimits", "create_app"]
+__all__ = ["CostModel", "EmulatorConfig", "FaultSettings", "ServiceLimits", "Usage", "create_app"]

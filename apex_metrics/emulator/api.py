@@ -70,17 +70,27 @@ class WebApi:
         self.audits = audit_entity()
 
     def handle(self, request: ApiRequest) -> ApiResponse:
-        """Answer one request; every ApiError becomes its Dataverse error response."""
+        """Answer one request; every ApiError becomes its Dataverse error response.
+
+        A request on its own is counted in ``request.usage`` here, from its method and answer
+        (``$batch`` counts its parts and bulk messages their targets themselves); the parts of
+        a batch are counted by the batch, which also answers some of them without this method.
+        """
         try:
-            return self._route(request)
+            response = self._route(request)
         except ApiError as exc:
-            return ApiResponse.error(exc)
+            response = ApiResponse.error(exc)
         except RecursionError:
-            return ApiResponse.error(bad_request("The request is nested too deeply."))
+            response = ApiResponse.error(bad_request("The request is nested too deeply."))
+        if not request.in_batch and not request.counted:
+            representation = request.prefer().get("return") == "representation"
+            request.usage.request(request.method, response.status, representation)
+        return response
 
     def _route(self, request: ApiRequest) -> ApiResponse:
         method, path = request.method, request.path.strip("/")
         if path == "$batch":
+            request.counted = not request.in_batch  # priced by its parts
             if method != "POST" or request.in_batch:
                 raise method_not_allowed(method, "$batch")
             return run_batch(request, self.store, self.handle)
@@ -184,11 +194,18 @@ class WebApi:
         raise method_not_allowed(request.method, name)
 
     def _bulk(self, entity: Entity, action: str, request: ApiRequest) -> ApiResponse:
-        """CreateMultiple / UpdateMultiple / UpsertMultiple: all or nothing."""
+        """CreateMultiple / UpdateMultiple / UpsertMultiple: all or nothing (standard tables
+        roll back on any error). Answered as documented: CreateMultiple 200 with the ``Ids``
+        of ``CreateMultipleResponse``, the other two 204 with no body.
+
+        Priced by its targets: every one sent, even when one fails and they all roll back
+        (how far the service gets before the failure is not known)."""
+        request.counted = True
         body = request.json()
         targets = body.get("Targets") if isinstance(body, dict) else None
         if not isinstance(targets, list) or not targets:
             raise bad_request(f"{action} needs a non-empty 'Targets' array.")
+        request.usage.multiple_rows += len(targets)
         ids: list[str] = []
         with self.store.transaction():
             for item in targets:
@@ -205,6 +222,8 @@ class WebApi:
                         self.store, entity, target, clean, request.caller.user_id, if_match
                     )
                 ids.append(row[entity.primary_id])
+        if action != "CreateMultiple":
+            return ApiResponse.empty(204)
         context = f"{request.service_root}/$metadata#Microsoft.Dynamics.CRM.{action}Response"
         return ApiResponse.json(200, {"@odata.context": context, "Ids": ids})
 

@@ -19,10 +19,12 @@ from starlette.types import Receive, Scope, Send
 from apex_metrics.emulator.api import WebApi
 from apex_metrics.emulator.auth import Authority, TokenError, openid_configuration
 from apex_metrics.emulator.config import EmulatorConfig
+from apex_metrics.emulator.costs import Usage
 from apex_metrics.emulator.errors import ApiError
 from apex_metrics.emulator.faults import Decision, DropConnection, FaultInjector, Stats
 from apex_metrics.emulator.limits import Limiter
-from apex_metrics.emulator.messages import JSON_TYPE, ApiRequest, ApiResponse, dumps
+from apex_metrics.emulator.messages import JSON_TYPE, ApiRequest, ApiResponse, Caller, dumps
+from apex_metrics.emulator.servers import COOKIE, WebServers
 from apex_metrics.emulator.store import Store
 
 log = logging.getLogger("apex_metrics.emulator")
@@ -56,9 +58,10 @@ class Emulator:
         self.authority = Authority(config, self.store.signing_key)
         self.web = WebApi(config, self.store)
         self.limiter = Limiter(config.limits)
+        self.servers = WebServers(config.limits.web_servers, self.store.signing_key)
         self.faults = FaultInjector(config.faults)
         self.stats = Stats()
-        self.dop_hint = str(max(1, min(8, config.limits.concurrent_requests)))
+        self.dop_hint = str(config.limits.dop_hint)
 
     @staticmethod
     def base(request: Request) -> str:
@@ -102,75 +105,116 @@ class Emulator:
         started = time.perf_counter()
         base = self.base(request)
         path = request.url.path[len(API_PREFIX) :]
+        server, pinned = self.servers.route(request.cookies.get(COOKIE))
         decision = self.faults.decide()
-        response = await self._answer(request, base, path, decision)
+        usage = Usage()
+        response, caller, served = await self._answer(request, base, path, server, decision, usage)
+        self.limiter.answered(server, caller.client_id if caller else None)
+        if not pinned:
+            secure = request.url.scheme == "https"
+            response.headers["Set-Cookie"] = self.servers.cookie(server, secure=secure)
         seconds = time.perf_counter() - started
         kind = "batch" if path.strip("/") == "$batch" else "api"
-        self.stats.record(request.method, request.url.path, response.status, seconds, kind)
+        self.stats.record(
+            request.method, request.url.path, response.status, seconds, kind,
+            server=server, usage=usage if served else None,
+            modeled=self.config.costs.seconds(usage) if served else 0.0,
+        )  # fmt: skip
         if decision.drop:
             self.stats.counters["faults.dropped"] += 1
             return DroppedResponse()
         return Response(response.body, response.status, response.headers)
 
     async def _answer(
-        self, request: Request, base: str, path: str, decision: Decision
-    ) -> ApiResponse:
+        self, request: Request, base: str, path: str, server: int, decision: Decision,
+        usage: Usage,
+    ) -> tuple[ApiResponse, Caller | None, bool]:  # fmt: skip
+        """The answer of web server ``server``, the caller when authenticated, and whether
+        the request was admitted and served (what it did is then counted in ``usage``)."""
         try:
             caller = self.authority.check(request.headers.get("authorization"), base)
         except ApiError as exc:
-            return ApiResponse.error(exc)
+            return ApiResponse.error(exc), None, False
+        served = False
         fault = decision.error
         if fault is not None:
             if decision.delay:
                 await asyncio.sleep(decision.delay)
             self.stats.counters[f"faults.{fault.status}"] += 1
-            return ApiResponse.error(fault)
-        try:
-            self.limiter.enter(caller.client_id)
-        except ApiError as exc:
-            self.stats.counters["throttled"] += 1
-            return ApiResponse.error(exc)
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            self.limiter.leave(caller.client_id, 0.0)
-            return ApiResponse.error(ApiError(413, "", "The request payload is too large."))
-        started = time.perf_counter()
+            response = ApiResponse.error(fault)
+        else:
+            try:
+                self.limiter.enter(caller.client_id, server)
+            except ApiError as exc:
+                self.stats.counters["throttled"] += 1
+                response = ApiResponse.error(exc)
+            else:
+                served = True
+                response = await self._served(request, base, path, caller, server, decision, usage)
+        headers = response.headers
+        headers.setdefault("x-ms-dop-hint", self.dop_hint)
+        requests, seconds = self.limiter.remaining(caller.client_id, server)
+        headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = str(requests)
+        headers["x-ms-ratelimit-time-remaining-xrm-requests"] = f"{seconds:.2f}"
+        return response, caller, served
+
+    async def _served(
+        self, request: Request, base: str, path: str, caller: Caller, server: int,
+        decision: Decision, usage: Usage,
+    ) -> ApiResponse:  # fmt: skip
+        """Answer an admitted request, taking at least its modeled time, and charge that
+        time to the limiter when it ends.
+
+        The emulator's own work counts inside the modeled time, not on top: ``work`` runs
+        from just before handling to just after (injected latency and the upload excluded),
+        then the request waits (not computes) until ``costs.seconds(usage)`` has passed, and
+        ``max(work, modeled)`` is its execution time. Under the ``free`` profile, ``work``."""
+        charged = 0.0
         try:
             if decision.delay:  # added latency counts as time in flight (concurrency limit)
                 await asyncio.sleep(decision.delay)
-            body = await request.body()
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            query = _query_pairs(request.url.query)
-            if query is None:
-                return ApiResponse.error(
-                    ApiError(400, "0x80060888", "The query string is not valid URL-encoded UTF-8.")
-                )
-            api_request = ApiRequest(request.method, path, query, headers, body, base, caller)
-            try:
-                response = self.web.handle(api_request)
-            except Exception:  # a bug of ours: log it, answer like the service, no traceback
-                log.exception("emulator failed on %s %s", request.method, request.url.path)
-                response = ApiResponse.error(
-                    ApiError(500, "0x80040216", "An unexpected error occurred.")
-                )
+            length = request.headers.get("content-length", "0")
+            body = b""
+            if length.isdigit() and int(length) <= MAX_BODY_BYTES:
+                body = await request.body()
+            work_started = time.perf_counter()
+            response = self._handle(request, base, path, caller, length, body, usage)
+            work = time.perf_counter() - work_started
+            modeled = self.config.costs.seconds(usage)
+            charged = max(work, modeled)
+            if modeled > work:
+                await asyncio.sleep(modeled - work)
+            return response
         finally:
-            self.limiter.leave(caller.client_id, time.perf_counter() - started)
-        response.headers.setdefault("x-ms-dop-hint", self.dop_hint)
-        state = self.limiter.callers.get(caller.client_id)
-        if state is not None:
-            limits = self.config.limits
-            remaining = limits.requests_per_window - len(state.starts)
-            seconds = limits.execution_seconds_per_window - state.busy_seconds
-            headers = response.headers
-            headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = str(max(0, remaining))
-            headers["x-ms-ratelimit-time-remaining-xrm-requests"] = f"{max(0.0, seconds):.2f}"
-        return response
+            self.limiter.leave(caller.client_id, server, charged)
+
+    def _handle(
+        self, request: Request, base: str, path: str, caller: Caller, length: str, body: bytes,
+        usage: Usage,
+    ) -> ApiResponse:  # fmt: skip
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return ApiResponse.error(ApiError(413, "", "The request payload is too large."))
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        query = _query_pairs(request.url.query)
+        if query is None:
+            return ApiResponse.error(
+                ApiError(400, "0x80060888", "The query string is not valid URL-encoded UTF-8.")
+            )
+        api_request = ApiRequest(
+            request.method, path, query, headers, body, base, caller, usage=usage
+        )
+        try:
+            return self.web.handle(api_request)
+        except Exception:  # a bug of ours: log it, answer like the service, no traceback
+            log.exception("emulator failed on %s %s", request.method, request.url.path)
+            return ApiResponse.error(ApiError(500, "0x80040216", "An unexpected error occurred."))
 
     # --- admin API ---------------------------------------------------------------------------
 
     async def admin_reset(self, request: Request) -> Response:
         self.store.reset()
         self.limiter.reset()
+        self.servers.reset()
         self.stats.reset()
         self.store.counts.clear()
         self.faults.configure(self.faults.settings)
@@ -202,6 +246,9 @@ class Emulator:
         data["tables"] = {
             e.entity_set_name: _count(self.store, e.table) for e in self.store.entities.values()
         }
+        data["web_servers"] = self.limiter.stats()
+        data["limits"] = self.config.limits.to_dict()
+        data["costs"] = self.config.costs.to_dict()
         return JSONResponse(data)
 
 

@@ -3,6 +3,12 @@
 Without ``Prefer: odata.continue-on-error`` the first failure stops the batch, which answers 400
 with only that failure; with it every request runs and the batch answers 200. A failed change
 set is answered by one response (the failing request's), as the OData spec says.
+
+Each part that runs is counted in the batch's ``Usage`` (the service runs them one after
+another, each at the price of a request on its own, without its overhead): a GET as a retrieve,
+anything else as a write, plus a retrieve when it answered 2xx with ``return=representation``;
+a bulk message inside a batch counts its targets instead. Parts that do not run (after the
+failure that stops a batch or a change set, or refused for their Content-ID) cost nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from apex_metrics.dataverse.multipart import (
 )
 from apex_metrics.emulator.batch_upserts import Upserts
 from apex_metrics.emulator.errors import UNKNOWN_PROPERTY, ApiError, bad_request
-from apex_metrics.emulator.messages import ApiRequest, ApiResponse, split_target
+from apex_metrics.emulator.messages import (
+    ApiRequest,
+    ApiResponse,
+    returns_representation,
+    split_target,
+)
 from apex_metrics.emulator.store import Store
 
 MAX_REQUESTS = 1000
@@ -64,8 +75,14 @@ def _sub_request(outer: ApiRequest, part: BatchPart, references: dict[str, str])
         raise bad_request("Batches cannot be nested.")
     headers = {name.lower(): value for name, value in part.headers.items()}
     return ApiRequest(
-        part.method, path, query, headers, part.body or b"", outer.base, outer.caller, True
-    )
+        part.method, path, query, headers, part.body or b"", outer.base, outer.caller, True,
+        usage=outer.usage,
+    )  # fmt: skip
+
+
+def _charge(outer: ApiRequest, part: BatchPart, status: int) -> None:
+    """Count a part that ran (answered ``status``) in the batch's usage."""
+    outer.usage.part(part.method, status, returns_representation(part.headers))
 
 
 @contextmanager
@@ -115,6 +132,7 @@ def _run_batch(request: ApiRequest, store: Store, dispatch: Dispatch) -> ApiResp
                 if response is None:
                     result = _run_one(request, item, dispatch)
                 else:
+                    _charge(request, item, response.status)
                     result = _item(response, item.content_id)
             ok = isinstance(result, ChangeSetResponse) or result.ok
             if not ok and not keep_going:
@@ -130,10 +148,22 @@ def _run_batch(request: ApiRequest, store: Store, dispatch: Dispatch) -> ApiResp
 
 
 def _run_one(outer: ApiRequest, part: BatchPart, dispatch: Dispatch) -> BatchResponseItem:
+    return _item(_dispatch(outer, part, {}, dispatch), part.content_id)
+
+
+def _dispatch(
+    outer: ApiRequest, part: BatchPart, references: dict[str, str], dispatch: Dispatch
+) -> ApiResponse:
+    """The answer to ``part`` the usual way, counted in the batch's usage."""
     try:
-        return _item(dispatch(_sub_request(outer, part, {})), part.content_id)
+        sub = _sub_request(outer, part, references)
+        response = dispatch(sub)
     except ApiError as exc:
-        return _error_item(exc, part.content_id)
+        _charge(outer, part, exc.status)
+        return ApiResponse.error(exc)
+    if not sub.counted:
+        _charge(outer, part, response.status)
+    return response
 
 
 def _run_changeset(
@@ -151,12 +181,11 @@ def _run_changeset(
                 if content_id in references or any(r.content_id == content_id for r in results):
                     failure = bad_request(f"Duplicate Content-ID '{content_id}' in the change set.")
                     raise _ChangeSetFailed(_error_item(failure, content_id))
-                try:
-                    response = upserts.answer(part) or dispatch(
-                        _sub_request(outer, part, references)
-                    )
-                except ApiError as exc:
-                    raise _ChangeSetFailed(_error_item(exc, content_id)) from None
+                response = upserts.answer(part)
+                if response is None:
+                    response = _dispatch(outer, part, references, dispatch)
+                else:
+                    _charge(outer, part, response.status)
                 if response.status >= 400:
                     raise _ChangeSetFailed(_item(response, content_id))
                 location = response.headers.get("OData-EntityId")

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from apex_metrics.emulator.costs import CostModel
+
 DEFAULT_TENANT_ID = "apex-local-tenant"
 DEFAULT_CLIENT_ID = "apex-local-client"
 DEFAULT_CLIENT_SECRET = "apex-local-secret"  # documented local credential
@@ -13,16 +15,52 @@ DEFAULT_CLIENT_SECRET = "apex-local-secret"  # documented local credential
 
 @dataclass(frozen=True, slots=True)
 class ServiceLimits:
-    """Service protection limits, per caller, as Dataverse's defaults per web server."""
+    """Service protection limits, Dataverse's defaults, enforced per (application user, web
+    server): each of the ``web_servers`` keeps its own windows, as the service's do."""
 
     requests_per_window: int = 6000
     window_seconds: float = 300.0
     execution_seconds_per_window: float = 1200.0
     concurrent_requests: int = 52
     # A caller that keeps sending while throttled waits longer: each such request adds
-    # ``penalty_seconds * 2**strikes`` (capped at ``max_retry_after``) to its wait.
+    # ``penalty_seconds * 2**strikes`` to its wait, up to ``max_retry_after`` (None: the
+    # window, so that a scaled window scales the longest wait with it).
     penalty_seconds: float = 1.0
-    max_retry_after: float = 300.0
+    max_retry_after: float | None = None
+    # "Most environments have more than one web server"; a trial environment has one.
+    web_servers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_window", "concurrent_requests", "web_servers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.window_seconds > 0:
+            raise ValueError(f"window_seconds must be > 0, got {self.window_seconds}")
+        for name in ("execution_seconds_per_window", "penalty_seconds"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_retry_after is not None and not self.max_retry_after >= 0:
+            raise ValueError(f"max_retry_after must be >= 0, got {self.max_retry_after}")
+
+    @property
+    def longest_wait(self) -> float:
+        """The longest ``Retry-After`` the penalty may reach."""
+        return self.window_seconds if self.max_retry_after is None else self.max_retry_after
+
+    @property
+    def dop_hint(self) -> int:
+        """``x-ms-dop-hint``: the emulator's choice (Microsoft gives no formula) of how many
+        requests in flight the environment can serve without waiting, each of them busy all
+        the time: the execution time every server may spend per second of wall clock."""
+        per_second = self.execution_seconds_per_window / self.window_seconds
+        return max(1, round(self.web_servers * per_second))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["max_retry_after"] = self.longest_wait
+        data["dop_hint"] = self.dop_hint
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +119,8 @@ class EmulatorConfig:
     key_activation_delay_seconds: float = 2.0
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     faults: FaultSettings = field(default_factory=FaultSettings)
+    # Modeled server time of each request (CostModel.free(): the emulator's own time only).
+    costs: CostModel = field(default_factory=CostModel)
     db_path: Path | None = None  # SQLite file; None keeps everything in memory
     max_aggregate_records: int = 50_000
     max_page_size: int = 5000

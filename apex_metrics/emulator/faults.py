@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from apex_metrics.emulator.config import FaultSettings
+from apex_metrics.emulator.costs import Usage
 from apex_metrics.emulator.errors import TOO_MANY_REQUESTS, ApiError
 
 
@@ -76,13 +77,24 @@ class Stats:
         self.statuses: Counter[int] = Counter()
         self.recent: deque[dict[str, Any]] = deque(maxlen=200)
 
-    def record(self, method: str, path: str, status: int, seconds: float, kind: str) -> None:
+    def record(
+        self, method: str, path: str, status: int, seconds: float, kind: str, *,
+        server: int | None = None, usage: Usage | None = None, modeled: float = 0.0,
+    ) -> None:  # fmt: skip
+        """Count a request; a Web API request also notes its web server, what it did and its
+        modeled time (0 when it was not admitted, or under the free profile)."""
         self.counters["requests"] += 1
         self.counters[f"requests.{kind}"] += 1
         self.statuses[status] += 1
-        self.recent.append(
-            {"method": method, "path": path[:200], "status": status, "ms": round(seconds * 1000, 2)}
-        )
+        entry: dict[str, Any] = {
+            "method": method, "path": path[:200], "status": status, "ms": round(seconds * 1000, 2)
+        }  # fmt: skip
+        if server is not None:
+            entry["server"] = server
+        if usage is not None:
+            entry["usage"] = asdict(usage)
+            entry["modeled_ms"] = round(modeled * 1000, 3)
+        self.recent.append(entry)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from apex_metrics.emulator.costs import Usage
 from apex_metrics.emulator.errors import ApiError, bad_request
 
 JSON_TYPE = "application/json; odata.metadata=minimal"
@@ -37,6 +38,11 @@ class ApiRequest:
     caller: Caller
     in_batch: bool = False
     _prefer: dict[str, str] | None = None
+    # What the request did, for its modeled cost; the parts of a $batch share the batch's.
+    usage: Usage = field(default_factory=Usage)
+    # The handler counted this request's usage itself ($batch by its parts, bulk messages by
+    # their targets): it is not priced as a single request.
+    counted: bool = False
 
     @property
     def service_root(self) -> str:
@@ -74,6 +80,14 @@ def prefer_of(header: str | None) -> dict[str, str]:
     if header and len(header) <= 256:
         return dict(_parsed_prefer(header))
     return parse_prefer(header)
+
+
+def returns_representation(headers: Mapping[str, str]) -> bool:
+    """``Prefer: return=representation`` among ``headers`` (names in any case)."""
+    value = headers.get("prefer")
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == "prefer"), None)
+    return value is not None and prefer_of(value).get("return") == "representation"
 
 
 def decode_json(body: bytes) -> Any:

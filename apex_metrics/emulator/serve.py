@@ -24,6 +24,9 @@ class StartupInfo:
     client_id: str
     ca_file: Path | None
     storage: str
+    cost_profile: str = "dataverse"
+    web_servers: int = 2
+    dop_hint: int = 8
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,7 +37,23 @@ class StartupInfo:
             "APEX_CLIENT_ID": self.client_id,
             "APEX_CA_BUNDLE": str(self.ca_file) if self.ca_file else None,
             "storage": self.storage,
+            "cost_profile": self.cost_profile,
+            "web_servers": self.web_servers,
+            "dop_hint": self.dop_hint,
         }
+
+    def limits_line(self) -> str:
+        """What the emulator charges and how much parallelism it advertises."""
+        cost = (
+            "Dataverse's modeled server time per request"
+            if self.cost_profile == "dataverse"
+            else "only the emulator's own time"
+        )
+        servers = "1 web server" if self.web_servers == 1 else f"{self.web_servers} web servers"
+        return (
+            f"Costs: {self.cost_profile} profile ({cost}); {servers}, limits per client and "
+            f"server; parallelism hint (x-ms-dop-hint) {self.dop_hint}"
+        )
 
     def lines(self) -> list[str]:
         lines = [
@@ -51,6 +70,7 @@ class StartupInfo:
         lines.append(
             "Admin API: GET /_emulator/stats, GET|PATCH /_emulator/faults, POST /_emulator/reset"
         )
+        lines.append(self.limits_line())
         return lines
 
 
@@ -95,7 +115,19 @@ async def serve(
             raise EmulatorError(f"cannot open the emulator storage {storage}: {exc}") from None
         shown_host = f"[{host}]" if ":" in host else host
         url = f"{'https' if tls else 'http'}://{shown_host}:{port}"
-        announce(StartupInfo(url, config.tenant_id, config.client_id, ca_file, storage))
+        limits = config.limits
+        announce(
+            StartupInfo(
+                url,
+                config.tenant_id,
+                config.client_id,
+                ca_file,
+                storage,
+                config.costs.profile,
+                limits.web_servers,
+                limits.dop_hint,
+            )
+        )
         server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, **ssl)  # type: ignore[arg-type]
         )

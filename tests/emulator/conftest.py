@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import RunningEmulator, running_emulator
 
 TABLE = "apex_campaignmetrics"
@@ -40,6 +40,14 @@ def api_client(emu: RunningEmulator, token: str | None = None) -> httpx.Client:
         "OData-Version": "4.0",
     }
     return httpx.Client(base_url=emu.api + "/", headers=headers, timeout=20)
+
+
+def emulator_stats(emu: RunningEmulator) -> dict[str, Any]:
+    """``GET /_emulator/stats``."""
+    response = httpx.get(f"{emu.url}/_emulator/stats", timeout=10)
+    assert response.status_code == 200
+    data: dict[str, Any] = response.json()
+    return data
 
 
 def label(text: str) -> dict[str, Any]:
@@ -104,7 +112,9 @@ def create_metrics_table(client: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def shared_emulator() -> Iterator[RunningEmulator]:
     """One server per test module; each test starts from an empty store (admin reset)."""
-    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0)) as emu:
+    with running_emulator(
+        EmulatorConfig(key_activation_delay_seconds=0, costs=CostModel.free())
+    ) as emu:
         yield emu
 
 

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import RunningEmulator, running_emulator
 from tests.emulator.conftest import get_token
 
@@ -96,7 +96,7 @@ def test_web_api_needs_a_valid_token(emulator: RunningEmulator) -> None:
 
 
 def test_expired_token_is_refused() -> None:
-    with running_emulator(EmulatorConfig(token_lifetime_seconds=1)) as emu:
+    with running_emulator(EmulatorConfig(token_lifetime_seconds=1, costs=CostModel.free())) as emu:
         token = get_token(emu)
         time.sleep(1.1)
         response = httpx.get(
@@ -110,6 +110,7 @@ def test_app_without_application_user_gets_403() -> None:
     config = EmulatorConfig(
         extra_clients={"outsider": "outsider-secret"},
         application_users=frozenset({"apex-local-client"}),
+        costs=CostModel.free(),
     )
     with running_emulator(config) as emu:
         token = get_token(emu, "outsider", "outsider-secret")

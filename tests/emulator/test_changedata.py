@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from apex_metrics.dataverse.multipart import BatchPart, ChangeSet, encode_batch_request
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table
 
@@ -28,7 +28,9 @@ def audit_texts(client: httpx.Client) -> list[tuple[int, str]]:
 
 
 def test_changedata_reads_the_same_after_a_restart(tmp_path: Path) -> None:
-    config = EmulatorConfig(key_activation_delay_seconds=0, db_path=tmp_path / "emu.sqlite3")
+    config = EmulatorConfig(
+        key_activation_delay_seconds=0, db_path=tmp_path / "emu.sqlite3", costs=CostModel.free()
+    )
     with running_emulator(config) as emu, api_client(emu) as client:
         create_metrics_table(client)
         first = {"apex_costusd": 1.23457, "apex_createdat": "2026-01-02T03:04:05Z"}
@@ -77,7 +79,9 @@ def test_changedata_reads_the_same_after_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_reset_forgets_the_lists_of_names(tmp_path: Path) -> None:
-    config = EmulatorConfig(key_activation_delay_seconds=0, db_path=tmp_path / "emu.sqlite3")
+    config = EmulatorConfig(
+        key_activation_delay_seconds=0, db_path=tmp_path / "emu.sqlite3", costs=CostModel.free()
+    )
     with running_emulator(config) as emu, api_client(emu) as client:
         create_metrics_table(client)
         assert client.patch(f"{SET}(apex_runid='a')", json={"apex_tokensin": 1}).is_success

@@ -17,7 +17,7 @@ from apex_metrics.dataverse.multipart import (
     MultipartError,
     decode_batch_request,
 )
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table
 
@@ -50,7 +50,9 @@ json_values = st.recursive(
 
 @pytest.fixture(scope="module")
 def fuzz_client() -> Iterator[httpx.Client]:
-    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0)) as emu:
+    with running_emulator(
+        EmulatorConfig(key_activation_delay_seconds=0, costs=CostModel.free())
+    ) as emu:
         with api_client(emu) as client:
             create_metrics_table(client)
             client.patch(f"{SET}(apex_runid='seed')", json={"apex_tokensin": 1})

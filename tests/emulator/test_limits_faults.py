@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from apex_metrics.emulator import EmulatorConfig, FaultSettings, ServiceLimits
+from apex_metrics.emulator import CostModel, EmulatorConfig, FaultSettings, ServiceLimits
 from apex_metrics.emulator.limits import Limiter
 from apex_metrics.testing import RunningEmulator, running_emulator
 from tests.emulator.conftest import api_client, get_token
@@ -16,10 +16,10 @@ from tests.emulator.conftest import api_client, get_token
 def test_limiter_counts_requests_in_a_sliding_window() -> None:
     limiter = Limiter(ServiceLimits(requests_per_window=3, window_seconds=10, penalty_seconds=1))
     for second in range(3):
-        limiter.enter("app", now=float(second))
-        limiter.leave("app", 0.01, now=float(second))
+        limiter.enter("app", 0, now=float(second))
+        limiter.leave("app", 0, 0.01, now=float(second))
     with pytest.raises(Exception) as first:
-        limiter.enter("app", now=3.0)
+        limiter.enter("app", 0, now=3.0)
     error = first.value
     assert getattr(error, "status", None) == 429
     assert getattr(error, "code", None) == "0x80072322"
@@ -27,29 +27,30 @@ def test_limiter_counts_requests_in_a_sliding_window() -> None:
     retries = []
     for moment in (4.0, 4.5, 5.0):  # sending while throttled makes the wait longer
         with pytest.raises(Exception) as again:
-            limiter.enter("app", now=moment)
+            limiter.enter("app", 0, now=moment)
         retries.append(int(getattr(again.value, "headers", {})["Retry-After"]))
     assert retries[0] > 6 and retries == sorted(retries) and retries[-1] > retries[0]
-    limiter.enter("other", now=5.0)  # limits are per caller
-    limiter.enter("app", now=200.0)  # after the wait, admitted again
+    limiter.enter("other", 0, now=5.0)  # limits are per caller
+    limiter.enter("app", 1, now=5.0)  # and per web server
+    limiter.enter("app", 0, now=200.0)  # after the wait, admitted again
 
 
 def test_concurrency_and_execution_time_limits() -> None:
     limiter = Limiter(ServiceLimits(concurrent_requests=2, execution_seconds_per_window=5))
-    limiter.enter("app", now=0)
-    limiter.enter("app", now=0)
+    limiter.enter("app", 0, now=0)
+    limiter.enter("app", 0, now=0)
     with pytest.raises(Exception) as busy:
-        limiter.enter("app", now=0)
+        limiter.enter("app", 0, now=0)
     assert getattr(busy.value, "code", None) == "0x80072326"
-    limiter.leave("app", 3.0, now=3)
-    limiter.leave("app", 3.0, now=3)
+    limiter.leave("app", 0, 3.0, now=3)
+    limiter.leave("app", 0, 3.0, now=3)
     with pytest.raises(Exception) as slow:
-        limiter.enter("app", now=4)
+        limiter.enter("app", 0, now=4)
     assert getattr(slow.value, "code", None) == "0x80072321"
 
 
 def test_429_over_http_with_retry_after() -> None:
-    config = EmulatorConfig(limits=ServiceLimits(requests_per_window=2))
+    config = EmulatorConfig(limits=ServiceLimits(requests_per_window=2), costs=CostModel.free())
     with running_emulator(config) as emu, api_client(emu) as client:
         assert client.get("WhoAmI").status_code == 200
         assert client.get("WhoAmI").status_code == 200
@@ -134,7 +135,7 @@ def test_reset_clears_tables_and_stats(
 
 
 def test_faults_from_the_config() -> None:
-    config = EmulatorConfig(faults=FaultSettings(error_503_rate=1.0))
+    config = EmulatorConfig(faults=FaultSettings(error_503_rate=1.0), costs=CostModel.free())
     with running_emulator(config) as emu, api_client(emu) as client:
         response = client.get("WhoAmI")
         assert response.status_code == 503
@@ -145,7 +146,9 @@ def test_faults_from_the_config() -> None:
 
 async def test_concurrent_requests_over_the_limit_get_429() -> None:
     config = EmulatorConfig(
-        limits=ServiceLimits(concurrent_requests=2), faults=FaultSettings(latency_ms=300)
+        limits=ServiceLimits(concurrent_requests=2, web_servers=1),  # all on one server
+        faults=FaultSettings(latency_ms=300),
+        costs=CostModel.free(),
     )
     with running_emulator(config) as emu:
         token = get_token(emu)

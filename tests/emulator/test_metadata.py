@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.emulator.metadata import pluralise
 from apex_metrics.testing import running_emulator
 from tests.emulator.conftest import SET, TABLE, api_client, create_metrics_table, label
@@ -149,7 +149,9 @@ def test_duplicate_table_and_column_are_refused(client: httpx.Client, table: str
 
 
 def test_key_is_pending_then_active() -> None:
-    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0.5)) as emu:
+    with running_emulator(
+        EmulatorConfig(key_activation_delay_seconds=0.5, costs=CostModel.free())
+    ) as emu:
         with api_client(emu) as client:
             create_metrics_table(client)
             keys = client.get(f"EntityDefinitions(LogicalName='{TABLE}')/Keys").json()["value"]

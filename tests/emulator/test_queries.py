@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from apex_metrics.dataverse.multipart import BatchPart, encode_batch_request
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table
 
@@ -172,7 +172,9 @@ def test_apply_aggregate_and_groupby(client: httpx.Client, table: str) -> None:
 
 def test_aggregate_record_limit() -> None:
     with running_emulator(
-        EmulatorConfig(key_activation_delay_seconds=0, max_aggregate_records=10)
+        EmulatorConfig(
+            key_activation_delay_seconds=0, max_aggregate_records=10, costs=CostModel.free()
+        )
     ) as emu:
         with api_client(emu) as client:
             create_metrics_table(client)

@@ -12,13 +12,15 @@ from azure.identity import ClientSecretCredential
 from PowerPlatform.Dataverse.client import DataverseClient
 from PowerPlatform.Dataverse.models.upsert import UpsertItem
 
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import RunningEmulator, running_emulator
 
 
 @pytest.fixture
 def tls_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
-    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0.2), tls=True) as emu:
+    with running_emulator(
+        EmulatorConfig(key_activation_delay_seconds=0.2, costs=CostModel.free()), tls=True
+    ) as emu:
         assert emu.ca_file is not None
         for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
             monkeypatch.delenv(name, raising=False)

@@ -261,12 +261,97 @@ def emulator_command(
             help="Seconds an alternate key stays Pending before it is Active.",
         ),
     ] = 2.0,
+    cost_profile: Annotated[
+        str,
+        typer.Option(
+            "--cost-profile",
+            help="dataverse or free. dataverse: each request takes (and is charged as "
+            "execution time) the server time Dataverse would spend on it, from the --cost-* "
+            "figures, waiting rather than computing; free: only the emulator's own time (for "
+            "tests and benchmarks of the emulator itself).",
+        ),
+    ] = "dataverse",
+    cost_request_ms: Annotated[
+        float,
+        typer.Option(
+            "--cost-request-ms",
+            min=0.0,
+            help="Modeled milliseconds of every request (authentication, routing); a $batch "
+            "or bulk message pays it once.",
+        ),
+    ] = 30.0,
+    cost_write_ms: Annotated[
+        float,
+        typer.Option(
+            "--cost-write-ms",
+            min=0.0,
+            help="Modeled milliseconds of each single write (POST, PATCH, PUT, DELETE), alone "
+            "or as a $batch part.",
+        ),
+    ] = 40.0,
+    cost_multiple_row_ms: Annotated[
+        float,
+        typer.Option(
+            "--cost-multiple-row-ms",
+            min=0.0,
+            help="Modeled milliseconds of each target of CreateMultiple, UpdateMultiple and "
+            "UpsertMultiple.",
+        ),
+    ] = 8.0,
+    cost_retrieve_ms: Annotated[
+        float,
+        typer.Option(
+            "--cost-retrieve-ms",
+            min=0.0,
+            help="Modeled milliseconds of each row read back: a GET part of a $batch, or a "
+            "write answered with Prefer: return=representation.",
+        ),
+    ] = 10.0,
+    window_s: Annotated[
+        float,
+        typer.Option(
+            "--window-s",
+            min=0.001,
+            help="Seconds of the sliding window of the request and execution-time limits.",
+        ),
+    ] = 300.0,
     requests_per_window: Annotated[
-        int, typer.Option("--requests-per-window", min=1, help="Requests per 300 s per caller.")
+        int,
+        typer.Option(
+            "--requests-per-window",
+            min=1,
+            help="Requests each client may send per window to each web server (429 0x80072322 "
+            "beyond).",
+        ),
     ] = 6000,
+    execution_time_per_window_s: Annotated[
+        float,
+        typer.Option(
+            "--execution-time-per-window-s",
+            min=0.0,
+            help="Seconds of execution time each client may use per window on each web server "
+            "(429 0x80072321 beyond).",
+        ),
+    ] = 1200.0,
     concurrent_requests: Annotated[
-        int, typer.Option("--concurrent-requests", min=1, help="Concurrent requests per caller.")
+        int,
+        typer.Option(
+            "--concurrent-requests",
+            min=1,
+            help="Requests each client may have in flight on each web server (429 0x80072326 "
+            "beyond).",
+        ),
     ] = 52,
+    web_servers: Annotated[
+        int,
+        typer.Option(
+            "--web-servers",
+            min=1,
+            help="Web servers, each with its own limits; requests without an ARRAffinity "
+            "cookie go round robin. x-ms-dop-hint is round(web servers × execution time per "
+            "window ÷ window).",
+        ),
+    ] = 2,
     fault_seed: Annotated[int, typer.Option("--fault-seed", help="Seed of fault injection.")] = 0,
     fail_500: Annotated[float, _rate("--fail-500", "Probability of a 500 answer.")] = 0.0,
     fail_503: Annotated[float, _rate("--fail-503", "Probability of a 503 answer.")] = 0.0,
@@ -290,11 +375,13 @@ def emulator_command(
     """Serve the local Dataverse Web API emulator (also the token authority) until Ctrl-C."""
     import asyncio
 
-    from apex_metrics.emulator import EmulatorConfig, FaultSettings, ServiceLimits
+    from apex_metrics.emulator import CostModel, EmulatorConfig, FaultSettings, ServiceLimits
     from apex_metrics.emulator import config as emulator_defaults
     from apex_metrics.emulator.serve import StartupInfo, serve
     from apex_metrics.settings import get_settings
 
+    if cost_profile not in ("dataverse", "free"):
+        raise typer.BadParameter("must be dataverse or free", param_hint="--cost-profile")
     settings = get_settings()
     secret = client_secret
     if secret is None and settings.client_secret is not None:
@@ -306,7 +393,14 @@ def emulator_command(
         token_lifetime_seconds=token_lifetime,
         key_activation_delay_seconds=key_activation_delay,
         limits=ServiceLimits(
-            requests_per_window=requests_per_window, concurrent_requests=concurrent_requests
+            requests_per_window=requests_per_window, window_seconds=window_s,
+            execution_seconds_per_window=execution_time_per_window_s,
+            concurrent_requests=concurrent_requests, web_servers=web_servers,
+        ),
+        costs=CostModel(
+            profile="free" if cost_profile == "free" else "dataverse",
+            request_ms=cost_request_ms, write_ms=cost_write_ms,
+            multiple_row_ms=cost_multiple_row_ms, retrieve_ms=cost_retrieve_ms,
         ),
         faults=FaultSettings(
             seed=fault_seed, error_500_rate=fail_500, error_503_rate=fail_503,

@@ -14,7 +14,7 @@ from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.pacing import Pacer
 from apex_metrics.dataverse.retry import RetryPolicy
-from apex_metrics.emulator import EmulatorConfig, create_app
+from apex_metrics.emulator import CostModel, EmulatorConfig, create_app
 from apex_metrics.settings import Settings
 from apex_metrics.testing import running_emulator
 
@@ -60,7 +60,7 @@ def local_settings(url: str = LOCAL_URL, **values: object) -> Settings:
 @pytest.fixture
 def emulator_config() -> EmulatorConfig:
     """A fast emulator: keys turn Active after 0.2 s."""
-    return EmulatorConfig(key_activation_delay_seconds=0.2)
+    return EmulatorConfig(costs=CostModel.free(), key_activation_delay_seconds=0.2)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from apex_metrics.dataverse import errors as e
 from apex_metrics.dataverse.auth import MsalTokenProvider
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.provision import provision
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import running_emulator
 
 from .conftest import fast_flow, local_settings
@@ -131,7 +131,7 @@ async def test_throttling_storm_pauses_then_work_completes(http_emulator: Any) -
 
 
 async def test_5xx_and_dropped_connections_are_retried_to_exactly_once() -> None:
-    config = EmulatorConfig(key_activation_delay_seconds=0.0)
+    config = EmulatorConfig(costs=CostModel.free(), key_activation_delay_seconds=0.0)
     with running_emulator(config) as server:
         async with open_dataverse(local_settings(server.url), flow=fast_flow()) as client:
             await provision(client, poll_interval=0.05)
@@ -147,7 +147,7 @@ async def test_5xx_and_dropped_connections_are_retried_to_exactly_once() -> None
 
 
 async def test_post_create_is_not_retried_after_a_dropped_connection() -> None:
-    config = EmulatorConfig(key_activation_delay_seconds=0.0)
+    config = EmulatorConfig(costs=CostModel.free(), key_activation_delay_seconds=0.0)
     with running_emulator(config) as server:
         async with open_dataverse(local_settings(server.url), flow=fast_flow()) as client:
             await provision(client, poll_interval=0.05)
@@ -161,7 +161,7 @@ async def test_post_create_is_not_retried_after_a_dropped_connection() -> None:
 
 
 async def test_msal_token_is_renewed_before_it_expires() -> None:
-    config = EmulatorConfig(token_lifetime_seconds=4)
+    config = EmulatorConfig(costs=CostModel.free(), token_lifetime_seconds=4)
     with running_emulator(config, tls=True) as server:
         settings = local_settings(server.url, ca_bundle=server.ca_file)
         async with open_dataverse(settings) as client:

@@ -19,7 +19,7 @@ from apex_metrics.dataverse.provision import (
     provision,
     table_body,
 )
-from apex_metrics.emulator import EmulatorConfig, create_app
+from apex_metrics.emulator import CostModel, EmulatorConfig, create_app
 
 from .conftest import fast_flow, local_settings
 
@@ -223,7 +223,9 @@ async def test_upsert_multiple_writes_all_and_finds_a_poison_row(
 
 
 async def test_aggregate_splits_when_over_the_record_limit() -> None:
-    config = EmulatorConfig(key_activation_delay_seconds=0.0, max_aggregate_records=8)
+    config = EmulatorConfig(
+        costs=CostModel.free(), key_activation_delay_seconds=0.0, max_aggregate_records=8
+    )
     transport = httpx.ASGITransport(app=create_app(config))
     async with open_dataverse(local_settings(), transport=transport, flow=fast_flow()) as client:
         await provision(client, poll_interval=0.05)
@@ -259,6 +261,7 @@ async def test_aggregate_splits_when_over_the_record_limit() -> None:
 
 async def test_app_not_application_user_and_wrong_secret() -> None:
     config = EmulatorConfig(
+        costs=CostModel.free(),
         extra_clients={"outsider": "outsider-secret"},
         application_users=frozenset({"apex-local-client"}),
     )

@@ -21,7 +21,7 @@ from apex_metrics import db, metric
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.errors import DataverseError
 from apex_metrics.dataverse.provision import provision
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.panel.app import PanelConfig, create_app
 from apex_metrics.recorder import Recorder
 from apex_metrics.settings import Settings
@@ -43,7 +43,9 @@ def gate(gates: list[Gate], name: str) -> Gate:
 
 @pytest.fixture
 def emulator() -> Iterator[RunningEmulator]:
-    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0)) as emu:
+    with running_emulator(
+        EmulatorConfig(costs=CostModel.free(), key_activation_delay_seconds=0)
+    ) as emu:
         yield emu
 
 
@@ -86,7 +88,9 @@ async def test_token_gate(database_url: str, emulator: RunningEmulator) -> None:
 
 
 async def test_contract_key_and_flags_gates(database_url: str) -> None:
-    with running_emulator(EmulatorConfig(key_activation_delay_seconds=1.5)) as emu:
+    with running_emulator(
+        EmulatorConfig(costs=CostModel.free(), key_activation_delay_seconds=1.5)
+    ) as emu:
         settings = settings_for(database_url, emu)
         gates = await run_verify(settings, VerifyOptions())
         for name in ("contract", "key", "flags"):

@@ -182,14 +182,16 @@ def test_dataverse_source_shows_synced_runs_live(
 
     from apex_metrics.dataverse.connect import open_dataverse
     from apex_metrics.dataverse.provision import provision
-    from apex_metrics.emulator import EmulatorConfig
+    from apex_metrics.emulator import CostModel, EmulatorConfig
     from apex_metrics.panel.app import PanelConfig
     from apex_metrics.settings import Settings
     from apex_metrics.sync.commands import engine_config, run_sync
     from apex_metrics.testing import running_emulator
 
     tab, errors = page
-    with running_emulator(EmulatorConfig(key_activation_delay_seconds=0.05)) as emulator:
+    with running_emulator(
+        EmulatorConfig(costs=CostModel.free(), key_activation_delay_seconds=0.05)
+    ) as emulator:
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None, database_url=seeded_url, dataverse_url=emulator.url
         )

@@ -19,7 +19,7 @@ from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.provision import provision
 from apex_metrics.dataverse.retry import RetryPolicy
-from apex_metrics.emulator import EmulatorConfig, create_app
+from apex_metrics.emulator import CostModel, EmulatorConfig, create_app
 from apex_metrics.metric import ALTERNATE_KEY_COLUMN, ENTITY_SET, FIELD_NAMES, Metric
 from apex_metrics.panel.app import PanelConfig
 from apex_metrics.settings import Settings
@@ -41,7 +41,9 @@ def settings() -> Settings:
 async def loaded_emulator(database_url: str) -> AsyncIterator[dict[str, Any]]:
     """An in-process emulator holding exactly the rows of ``database_url``."""
     emulator = create_app(
-        EmulatorConfig(key_activation_delay_seconds=0.05, max_aggregate_records=400)
+        EmulatorConfig(
+            costs=CostModel.free(), key_activation_delay_seconds=0.05, max_aggregate_records=400
+        )
     )
     options: dict[str, Any] = {
         "transport": httpx.ASGITransport(app=emulator),

@@ -12,7 +12,7 @@ import pytest
 from apex_metrics.dataverse.client import DataverseClient
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.provision import provision
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.settings import Settings
 from apex_metrics.sync.engine import Engine, EngineConfig
 from apex_metrics.sync.fakes import FakeSink
@@ -28,7 +28,7 @@ def fake_sink() -> FakeSink:
 @pytest.fixture
 def emulator_config() -> EmulatorConfig:
     """Default limits and no faults; keys turn Active at once. Tests may override."""
-    return EmulatorConfig(key_activation_delay_seconds=0)
+    return EmulatorConfig(costs=CostModel.free(), key_activation_delay_seconds=0)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.provision import provision
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.emulator.config import FaultSettings
 from apex_metrics.sync.checks import Verdict, execute, insert_rows, verdict
 from apex_metrics.sync.commands import engine_config, run_sync
@@ -68,7 +68,9 @@ def quick_config(stack: Stack, **kw: Any) -> Any:
 def emulator_config() -> EmulatorConfig:
     # A little latency per request so that faults, kills and updates land mid-flight.
     return EmulatorConfig(
-        key_activation_delay_seconds=0, faults=FaultSettings(seed=5, latency_ms=15)
+        costs=CostModel.free(),
+        key_activation_delay_seconds=0,
+        faults=FaultSettings(seed=5, latency_ms=15),
     )
 
 

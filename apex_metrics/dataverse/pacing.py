@@ -14,9 +14,11 @@ go with 6,000 requests, a slot may start at most one request per 0.2 s. After a 
 
 where ``execution`` is the request's measured duration (an upper bound of what the server
 charges: its own time plus the network's), ``utilization`` (0.95 by default) keeps a margin below
-the ceiling, and ``pressure`` (1 normally) halves on each 429 and grows back by 0.01 per
-success, for when the real budget is smaller than the hint says (another client spends the same
-user's budget, or fewer web servers answer). Requests spread evenly over the web servers when no
+the ceiling, and ``pressure`` (1 normally) halves on a 429 and grows back to 1 over the next
+minute of successes, for when the real budget is smaller than the hint says (another client
+spends the same user's budget, or fewer web servers answer). The recovery goes by time, not by
+the number of requests, so that it takes as long with requests of ten seconds as of ten
+milliseconds. Requests spread evenly over the web servers when no
 affinity cookie pins them (``connect.py`` refuses cookies), so every server stays under its own
 share.
 
@@ -48,7 +50,7 @@ from apex_metrics.dataverse.retry import RetryPolicy
 SECONDS_PER_REQUEST = 1200 / 6000
 UTILIZATION = 0.95
 MIN_PRESSURE = 0.25
-PRESSURE_STEP = 0.01  # added per successful request after a 429 halved the pressure
+RECOVERY_SECONDS = 60.0  # after a 429 halved it, the pressure is back at 1 after this long
 INITIAL_BATCH = 100  # rows per request until a cost per row has been measured
 POLL_SECONDS = 0.05  # longest wait before asking a shared pool again
 
@@ -177,6 +179,7 @@ class Pacer:
         self.hold_seconds = hold_seconds
         self.seconds_per_request = seconds_per_request
         self.pressure = 1.0
+        self._pressure_at = 0.0  # when the pressure last grew (or the pause after a 429 ends)
         self.paused_until = 0.0
         self.stats = PacerStats()
         self._clock = clock
@@ -209,13 +212,19 @@ class Pacer:
         if now >= self.paused_until:  # several 429s of one burst lower the pressure once
             self.pressure = max(MIN_PRESSURE, self.pressure / 2)
         self.paused_until = max(self.paused_until, now + pause)
+        self._pressure_at = self.paused_until  # it grows back from the end of the pause
         self.stats.throttled += 1
         self.stats.retry_after.append(pause)
         await self.slots.pause(pause)
         return pause
 
     def succeeded(self) -> None:
-        self.pressure = min(1.0, self.pressure + PRESSURE_STEP)
+        """A request succeeded: the pressure grows back (by time since it last grew)."""
+        now = self._clock()
+        if self.pressure < 1.0 and now > self._pressure_at:
+            grown = (now - self._pressure_at) / (2 * RECOVERY_SECONDS)
+            self.pressure = min(1.0, self.pressure + grown)
+        self._pressure_at = max(self._pressure_at, now)
 
     async def wait_pause(self, until: asyncio.Event | None = None) -> None:
         """Sleep until no pause is in force (a pause may grow meanwhile), or ``until`` is set

@@ -36,7 +36,9 @@ class SyncMetrics:
             "apex_sync_throttled_responses", "429 answers from Dataverse", registry=r
         )
         self.requests = Counter(
-            "apex_sync_batch_requests", "$batch requests sent to Dataverse", registry=r
+            "apex_sync_batch_requests",
+            "Write requests sent to Dataverse (UpsertMultiple or $batch)",
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "apex_sync_batch_seconds",

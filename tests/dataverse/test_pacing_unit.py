@@ -12,6 +12,7 @@ import pytest
 from apex_metrics.dataverse import errors as e
 from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.pacing import (
+    RECOVERY_SECONDS,
     SECONDS_PER_REQUEST,
     LocalSlots,
     Pacer,
@@ -126,9 +127,15 @@ async def test_throttling_pauses_everyone_and_lowers_the_pressure_once_per_burst
     clock.now += 3.0
     await pacer.throttled(2.0)
     assert pacer.pressure == 0.25
-    for _ in range(200):
+    for _ in range(200):  # however many requests succeed during the pause: no growth
         pacer.succeeded()
-    assert pacer.pressure == 1.0, "grows back, never above 1"
+    assert pacer.pressure == 0.25
+    clock.now += 2.0 + RECOVERY_SECONDS / 2  # after the pause, half the recovery time
+    pacer.succeeded()
+    assert pacer.pressure == pytest.approx(0.5)
+    clock.now += RECOVERY_SECONDS
+    pacer.succeeded()
+    assert pacer.pressure == 1.0, "back by time, never above 1"
 
 
 async def test_a_slot_waits_out_the_pause_or_stops() -> None:

@@ -35,7 +35,7 @@ from apex_metrics.dataverse.multipart import (
     encode_batch_request,
     flatten_responses,
 )
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import RunningEmulator, running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table
 
@@ -137,7 +137,8 @@ def run_singles(client: httpx.Client, count: int, prefix: str, cpu: CpuClock | N
 @contextmanager
 def emulator_process(db: Path | None) -> Iterator[tuple[RunningEmulator, CpuClock | None]]:
     """``apex-metrics emulator`` in a subprocess, with the clock of its CPU time."""
-    with testing.emulator_process(*(["--db", str(db)] if db is not None else [])) as (emu, pid):
+    options = ["--cost-profile", "free", *(["--db", str(db)] if db is not None else [])]
+    with testing.emulator_process(*options) as (emu, pid):
         clock = partial(process_cpu_seconds, pid) if Path(f"/proc/{pid}/stat").exists() else None
         yield emu, clock
 
@@ -152,7 +153,9 @@ def main() -> None:
     with ExitStack() as stack:
         cpu: CpuClock | None = None
         if args.in_process:
-            config = EmulatorConfig(key_activation_delay_seconds=0, db_path=args.db)
+            config = EmulatorConfig(
+                key_activation_delay_seconds=0, db_path=args.db, costs=CostModel.free()
+            )
             emu = stack.enter_context(running_emulator(config))
         else:
             emu, cpu = stack.enter_context(emulator_process(args.db))

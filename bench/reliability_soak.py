@@ -23,7 +23,7 @@ from typing import Any
 
 from sync_harness import Bench, bench_stack
 
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.emulator.config import FaultSettings
 from apex_metrics.sync.checks import Verdict, execute, insert_rows, verdict
 from apex_metrics.sync.commands import engine_config, run_sync
@@ -49,7 +49,9 @@ async def undelivered(url: str) -> int:
 
 async def soak_faults(rows: int) -> bool:
     config = EmulatorConfig(
-        key_activation_delay_seconds=0, faults=FaultSettings(seed=21, latency_ms=5)
+        key_activation_delay_seconds=0,
+        faults=FaultSettings(seed=21, latency_ms=5),
+        costs=CostModel.free(),
     )
     async with bench_stack(config) as b:
         await insert_rows(b.url, rows)
@@ -107,7 +109,9 @@ def worker(b: Bench, *args: str) -> subprocess.Popen[bytes]:
 async def soak_sigkill(rows: int, rounds: int, processes: int) -> bool:
     # Slow batches (5 rows, 50 ms per request) so that kills land mid-flight all along.
     config = EmulatorConfig(
-        key_activation_delay_seconds=0, faults=FaultSettings(seed=3, latency_ms=50)
+        key_activation_delay_seconds=0,
+        faults=FaultSettings(seed=3, latency_ms=50),
+        costs=CostModel.free(),
     )
     rng = random.Random(7)
     async with bench_stack(config) as b:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import resource
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,7 +18,7 @@ from apex_metrics import db, testing
 from apex_metrics.dataverse.client import DataverseClient
 from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.provision import provision
-from apex_metrics.emulator import EmulatorConfig
+from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.settings import Settings
 from apex_metrics.testing import RunningEmulator, running_emulator
 
@@ -74,14 +71,8 @@ class Bench:
 
 
 @contextmanager
-def emulator_process(
-    requests_per_window: int | None = None, latency_ms: float = 0.0
-) -> Iterator[tuple[RunningEmulator, int]]:
-    """``apex-metrics emulator`` in its own process with the default limits (or
-    ``requests_per_window``) and ``latency_ms`` added to every request; and its process id."""
-    options = ["--latency-ms", str(latency_ms)]
-    if requests_per_window is not None:
-        options += ["--requests-per-window", str(requests_per_window)]
+def emulator_process(*options: str) -> Iterator[tuple[RunningEmulator, int]]:
+    """``apex-metrics emulator OPTIONS`` in its own process; and its process id."""
     with testing.emulator_process(*options) as served:
         yield served
 
@@ -98,69 +89,18 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def busy_cpu_seconds() -> float:
-    """CPU time the whole machine spent busy, all cores (Linux ``/proc/stat``), in seconds."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class CpuSplit:
-    """Where the CPU went while something ran: this process (the engine), the emulator's
-    process, and everything else on the machine (PostgreSQL's backends, mostly)."""
-
-    emulator_pid: int
-    started: tuple[float, float, float] = (0.0, 0.0, 0.0)  # CPU seconds, as ``_now`` reads them
-    started_at: float = 0.0  # perf_counter at start
-    used: tuple[float, float, float] = (0.0, 0.0, 0.0)  # engine, emulator, the rest
-    wall: float = 0.0  # seconds from start to stop
-
-    def _now(self) -> tuple[float, float, float]:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return (
-            usage.ru_utime + usage.ru_stime,
-            process_cpu_seconds(self.emulator_pid),
-            busy_cpu_seconds(),
-        )
-
-    def start(self) -> None:
-        self.started = self._now()
-        self.started_at = time.perf_counter()
-
-    def stop(self) -> None:
-        now = self._now()
-        self.wall = time.perf_counter() - self.started_at
-        engine, emulator, busy = (b - a for a, b in zip(self.started, now, strict=True))
-        self.used = (engine, emulator, max(0.0, busy - engine - emulator))
-
-    def line(self, rows: int) -> str:
-        engine, emulator, rest = (seconds / rows * 1e6 for seconds in self.used)
-        busy = sum(self.used) / (self.wall * (os.cpu_count() or 1))
-        return (
-            f"CPU per row: engine {engine:.0f} us, emulator {emulator:.0f} us, PostgreSQL and "
-            f"the rest {rest:.0f} us (the {os.cpu_count()} cores {busy:.0%} busy)"
-        )
-
-
 @asynccontextmanager
 async def bench_stack(
     config: EmulatorConfig | None = None,
     *,
     separate: bool = False,
-    requests_per_window: int | None = None,
-    latency_ms: float = 0.0,
+    emulator_options: tuple[str, ...] = ("--cost-profile", "free"),
 ) -> AsyncIterator[Bench]:
     """A scratch database and a provisioned emulator: in a thread with ``config``, or (with
-    ``separate``) in its own process with the default limits (or ``requests_per_window``) and
-    ``latency_ms`` added to every request."""
-    config = config or EmulatorConfig(key_activation_delay_seconds=0)
+    ``separate``) in its own process started with ``emulator_options``."""
+    config = config or EmulatorConfig(key_activation_delay_seconds=0, costs=CostModel.free())
     async with scratch_database() as url:
-        serving = (
-            emulator_process(requests_per_window, latency_ms)
-            if separate
-            else thread_emulator(config)
-        )
+        serving = emulator_process(*emulator_options) if separate else thread_emulator(config)
         with serving as (emu, pid):
             settings = Settings(  # type: ignore[call-arg]
                 _env_file=None, database_url=url, dataverse_url=emu.url
@@ -172,18 +112,9 @@ async def bench_stack(
                 yield Bench(url, emu, settings, client, pid)
 
 
-def requests_of(stats: dict[str, Any]) -> int:
-    counters = stats.get("counters", {})
-    return int(counters.get("requests", 0))
-
-
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[index]
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)

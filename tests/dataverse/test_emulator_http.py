@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from apex_metrics import metric
@@ -172,3 +173,28 @@ async def test_msal_token_is_renewed_before_it_expires() -> None:
             await asyncio.sleep(2.1)  # past half of the 4 s lifetime: renewed before expiry
             await client.whoami()
             assert tokens.fetches == 2
+
+
+async def test_requests_spread_over_web_servers_unless_affinity_is_kept(
+    http_emulator: Any,
+) -> None:
+    """The client refuses the ARRAffinity cookie, so its requests go round the two web servers
+    (each with limits of its own); APEX_DATAVERSE_AFFINITY=true keeps the cookie and one server."""
+
+    async def served() -> list[int]:
+        async with httpx.AsyncClient() as http:
+            stats = (await http.get(f"{http_emulator.url}/_emulator/stats")).json()
+        return [int(s["requests"]) for s in stats["web_servers"]]
+
+    async with open_dataverse(local_settings(http_emulator.url), flow=fast_flow()) as client:
+        for _ in range(6):
+            await client.whoami()
+        assert not client.http.cookies, "no cookie kept"
+    assert await served() == [3, 3]
+    pinned = local_settings(http_emulator.url, dataverse_affinity=True)
+    async with open_dataverse(pinned, flow=fast_flow()) as client:
+        for _ in range(6):
+            await client.whoami()
+        assert "ARRAffinity" in client.http.cookies
+    after = await served()
+    assert sorted(after) == [3, 9], "the first answer's server, then always that one"

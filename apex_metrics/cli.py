@@ -605,8 +605,12 @@ def sync_run(
 
     settings = _sync_settings(database_url, url)
     if write is not None:
-        if write not in ("upsert-multiple", "batch"):
-            raise typer.BadParameter("must be upsert-multiple or batch", param_hint="--write")
+        from apex_metrics.sync.sink import WRITE_MODES
+
+        if write not in WRITE_MODES:
+            raise typer.BadParameter(
+                f"must be one of {', '.join(WRITE_MODES)}", param_hint="--write"
+            )
         settings = settings.model_copy(update={"sync_write": write})
     fmt = log_format or settings.log_format
     if fmt not in ("text", "json"):

@@ -364,17 +364,11 @@ class DataverseClient:
         Returns one outcome per item, in order. Rows that fail carry the Dataverse code and
         message; a batch as a whole only raises when no row could be attempted.
         """
-        outcomes: list[UpsertOutcome] = []
-        for start in range(0, len(items), MAX_BATCH):
-            chunk = items[start : start + MAX_BATCH]
 
-            async def send_batch(
-                sendable: list[tuple[str, Mapping[str, Any]]],
-            ) -> list[UpsertOutcome]:
-                return await self._upsert_batch(entity_set, key_column, sendable, max_throttled)
+        async def send_batch(sendable: list[tuple[str, Mapping[str, Any]]]) -> list[UpsertOutcome]:
+            return await self._upsert_batch(entity_set, key_column, sendable, max_throttled)
 
-            outcomes.extend(await self._per_key(entity_set, key_column, chunk, send_batch))
-        return outcomes
+        return await self._in_chunks(entity_set, key_column, items, MAX_BATCH, send_batch)
 
     async def upsert_multiple(
         self,
@@ -395,18 +389,31 @@ class DataverseClient:
         flow's retries, 401, 403, 404).
         """
         check_identifier(logical_name, what="table logical name")
+
+        async def send_multiple(
+            sendable: list[tuple[str, Mapping[str, Any]]],
+        ) -> list[UpsertOutcome]:
+            return await self._upsert_multiple(
+                entity_set, logical_name, key_column, sendable, max_throttled
+            )
+
+        return await self._in_chunks(entity_set, key_column, items, bulk.MAX_ROWS, send_multiple)
+
+    async def _in_chunks(
+        self,
+        entity_set: str,
+        key_column: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        size: int,
+        send: Callable[[list[tuple[str, Mapping[str, Any]]]], Awaitable[list[UpsertOutcome]]],
+    ) -> list[UpsertOutcome]:
+        """One outcome per item, in order: ``send`` takes chunks of up to ``size`` rows."""
+        check_identifier(entity_set, what="entity set")
+        check_identifier(key_column, what="key column")
         outcomes: list[UpsertOutcome] = []
-        for start in range(0, len(items), bulk.MAX_ROWS):
-            chunk = items[start : start + bulk.MAX_ROWS]
-
-            async def send_multiple(
-                sendable: list[tuple[str, Mapping[str, Any]]],
-            ) -> list[UpsertOutcome]:
-                return await self._upsert_multiple(
-                    entity_set, logical_name, key_column, sendable, max_throttled
-                )
-
-            outcomes.extend(await self._per_key(entity_set, key_column, chunk, send_multiple))
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            outcomes.extend(await self._per_key(entity_set, key_column, chunk, send))
         return outcomes
 
     async def _per_key(
@@ -418,8 +425,6 @@ class DataverseClient:
     ) -> list[UpsertOutcome]:
         """``send`` the rows whose key Dataverse can address; a key it cannot (a character
         that breaks key URLs) fails alone and never blocks the other rows."""
-        check_identifier(entity_set, what="entity set")
-        check_identifier(key_column, what="key column")
         refused: dict[int, UpsertOutcome] = {}
         sendable: list[tuple[str, Mapping[str, Any]]] = []
         for index, (key_value, body) in enumerate(items):

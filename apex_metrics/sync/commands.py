@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from apex_metrics.dataverse.connect import open_dataverse
@@ -49,11 +50,7 @@ def engine_config(
             lease_seconds=settings.sync_lease_seconds,
             once=once,
         ),
-        retry=RetryPolicy(
-            max_attempts=settings.sync_max_attempts,
-            base_wait=ROW_RETRY.base_wait,
-            max_wait=ROW_RETRY.max_wait,
-        ),
+        retry=replace(ROW_RETRY, max_attempts=settings.sync_max_attempts),
         retention_days=settings.sync_run_retention_days,
     )
 

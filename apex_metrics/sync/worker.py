@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -319,13 +319,7 @@ class Worker:
         if retry_after is not None:
             pause = await self.pacer.throttled(retry_after)
             self._count_throttle(summary, sum(1 for f in failures if not f.counted))
-            failures = [
-                f if f.counted else Failure(
-                    id=f.id, version=f.version, dead=False, delay=pause, counted=False,
-                    code=f.code, message=f.message,
-                )
-                for f in failures
-            ]  # fmt: skip
+            failures = [f if f.counted else replace(f, delay=pause) for f in failures]
         return delivered, failures
 
     def _transient_all(self, rows: list[dict[str, Any]], code: str, message: str) -> list[Failure]:

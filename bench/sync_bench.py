@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg.rows import dict_row
 from sync_harness import Bench, bench_stack, percentile, scratch_database
@@ -143,14 +142,6 @@ class Run:
         }
 
 
-async def emulator_stats(b: Bench) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.get(f"{b.emulator.url}/_emulator/stats")
-        answer.raise_for_status()
-        data: dict[str, Any] = answer.json()
-        return data
-
-
 async def pending(url: str) -> int:
     rows = await execute(
         url, "SELECT count(*) FROM campaign_metrics WHERE exported_version < version"
@@ -193,7 +184,7 @@ async def ceiling_run(
     duration = (2 + steady_windows) * window
     async with bench_stack(separate=True, emulator_options=scaled_limits(window)) as b:
         await insert_rows(b.url, int(expected_rate * duration), prefix="run-")
-        first = await emulator_stats(b)
+        first = await b.emulator_stats()
         run.costs, run.limits = first["costs"], first["limits"]
         base = sample_of(first, 0.0)
         with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +194,7 @@ async def ceiling_run(
                 while True:
                     await asyncio.sleep(1.0)
                     now = time.monotonic() - started
-                    s = sample_of(await emulator_stats(b), now)
+                    s = sample_of(await b.emulator_stats(), now)
                     run.samples.append(
                         Sample(
                             now,
@@ -235,7 +226,7 @@ async def old_flow(seconds: float, window: float) -> dict[str, float]:
     of exported_at, one row at a time, for ``seconds``."""
     async with bench_stack(separate=True, emulator_options=scaled_limits(window)) as b:
         await insert_rows(b.url, int(seconds * 100), prefix="old-")
-        stats = await emulator_stats(b)
+        stats = await b.emulator_stats()
         costs, limits = stats["costs"], stats["limits"]
         done = 0
         started = time.perf_counter()
@@ -291,7 +282,7 @@ async def bench_latency(count: int, rate: float) -> dict[str, Any]:
             "SELECT extract(epoch FROM exported_at - created_at) * 1000 FROM campaign_metrics "
             "WHERE exported_at IS NOT NULL",
         )
-        stats = await emulator_stats(b)
+        stats = await b.emulator_stats()
         check = await verdict(b.url, b.client)
     ms = [float(r[0]) for r in rows]
     throttled = sum(sum(s["throttled"].values()) for s in stats.get("web_servers", []))

@@ -14,20 +14,16 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from apex_metrics.dataverse.connect import open_dataverse
-from apex_metrics.dataverse.provision import provision
 from apex_metrics.emulator import CostModel, EmulatorConfig, ServiceLimits
 from apex_metrics.sync.checks import insert_rows, verdict
 from apex_metrics.sync.commands import engine_config
-from apex_metrics.testing import RunningEmulator
 
-from .conftest import client_engine, sync_settings
+from .conftest import Stack, client_engine, sync_settings
 
 pytestmark = pytest.mark.slow
 
@@ -48,32 +44,22 @@ def emulator_config() -> EmulatorConfig:
     return EmulatorConfig(key_activation_delay_seconds=0, limits=SHORT, costs=CostModel())
 
 
-async def stats_of(emulator: RunningEmulator) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.get(f"{emulator.url}/_emulator/stats")
-        answer.raise_for_status()
-        data: dict[str, Any] = answer.json()
-        return data
-
-
 def execution_429s(stats: dict[str, Any]) -> int:
     return sum(int(s["throttled"].get("0x80072321", 0)) for s in stats["web_servers"])
 
 
-async def three_engines(
-    database_url: str, emulator: RunningEmulator, *, shared: bool
-) -> tuple[list[Any], int, float]:
+async def three_engines(stack: Stack, *, shared: bool) -> tuple[list[Any], int, float]:
     """Deliver the backlog with three engines; returns their stats, the execution-time 429s
     after the first two windows, and the highest share of the budget a server used in a
     window (sampled every 0.25 s)."""
-    settings = sync_settings(database_url, emulator, sync_lease_seconds=20.0)
+    settings = sync_settings(stack.database_url, stack.emulator, sync_lease_seconds=20.0)
     config = engine_config(settings, workers=4, once=True, batch_size=BATCH)
     config = dataclasses.replace(config, shared_budget=shared)
     peak = 0.0
     late = 0
-    async with contextlib.AsyncExitStack() as stack:
+    async with contextlib.AsyncExitStack() as clients:
         engines = [
-            client_engine(config, await stack.enter_async_context(open_dataverse(settings)))
+            client_engine(config, await clients.enter_async_context(open_dataverse(settings)))
             for _ in range(3)
         ]
         started = time.monotonic()
@@ -81,7 +67,7 @@ async def three_engines(
         warm: int | None = None
         while not runs.done():
             await asyncio.wait([runs], timeout=0.25)
-            stats = await stats_of(emulator)
+            stats = await stack.stats()
             used = min(s["execution_seconds_in_window"] for s in stats["web_servers"])
             elapsed = time.monotonic() - started
             if elapsed >= 2 * WINDOW:
@@ -98,56 +84,43 @@ async def three_engines(
                 )
         results = await runs
         if warm is not None:
-            late = execution_429s(await stats_of(emulator)) - warm
+            late = execution_429s(await stack.stats()) - warm
     return results, late, peak
 
 
-@contextlib.asynccontextmanager
-async def provisioned(database_url: str, emulator: RunningEmulator) -> AsyncIterator[Any]:
-    async with open_dataverse(sync_settings(database_url, emulator)) as client:
-        assert not (await provision(client, poll_interval=0.05, key_timeout=30)).problems
-        yield client
-
-
-async def test_three_engines_share_one_budget_and_hold_it(
-    database_url: str, emulator: RunningEmulator
-) -> None:
-    async with provisioned(database_url, emulator) as client:
-        await insert_rows(database_url, 12_000)
-        results, late, peak = await three_engines(database_url, emulator, shared=True)
-        check = await verdict(database_url, client)
+async def test_three_engines_share_one_budget_and_hold_it(stack: Stack) -> None:
+    await insert_rows(stack.database_url, 12_000)
+    results, late, peak = await three_engines(stack, shared=True)
+    check = await verdict(stack.database_url, stack.client)
     assert (check.lost, check.duplicated, check.stale, check.extra) == (0, 0, 0, 0), check
     assert all(r.delivered > 0 for r in results), "each engine took its share"
     assert late == 0, f"{late} execution-time 429s after the first two windows"
     assert peak >= 0.75, f"the servers used at most {peak:.0%} of their budget in a window"
 
 
-async def test_engines_pacing_alone_go_over_the_budget(
-    database_url: str, emulator: RunningEmulator
-) -> None:
+async def test_engines_pacing_alone_go_over_the_budget(stack: Stack) -> None:
     """The control: without the shared slots, three engines spend three budgets and Dataverse
     (the emulator) refuses them for execution time. Stopped then, they lose nothing: one engine
     drains the rest and every row is there once."""
-    settings = sync_settings(database_url, emulator, sync_lease_seconds=20.0)
-    async with provisioned(database_url, emulator) as client:
-        await insert_rows(database_url, 6_000)
-        config = engine_config(settings, workers=4, once=False, batch_size=BATCH)
-        alone = dataclasses.replace(config, shared_budget=False)
-        async with contextlib.AsyncExitStack() as stack:
-            engines = [
-                client_engine(alone, await stack.enter_async_context(open_dataverse(settings)))
-                for _ in range(3)
-            ]
-            runs = asyncio.gather(*(engine.run() for engine in engines))
-            deadline = time.monotonic() + 60
-            while not execution_429s(await stats_of(emulator)) and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-            refused = execution_429s(await stats_of(emulator))
-            for engine in engines:
-                engine.request_stop()
-            await asyncio.wait_for(runs, 60)
-        drain = engine_config(settings, once=True, batch_size=BATCH)
-        await asyncio.wait_for(client_engine(drain, client).run(), 120)
-        check = await verdict(database_url, client)
+    settings = sync_settings(stack.database_url, stack.emulator, sync_lease_seconds=20.0)
+    await insert_rows(stack.database_url, 6_000)
+    config = engine_config(settings, workers=4, once=False, batch_size=BATCH)
+    alone = dataclasses.replace(config, shared_budget=False)
+    async with contextlib.AsyncExitStack() as clients:
+        engines = [
+            client_engine(alone, await clients.enter_async_context(open_dataverse(settings)))
+            for _ in range(3)
+        ]
+        runs = asyncio.gather(*(engine.run() for engine in engines))
+        deadline = time.monotonic() + 60
+        while not execution_429s(await stack.stats()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        refused = execution_429s(await stack.stats())
+        for engine in engines:
+            engine.request_stop()
+        await asyncio.wait_for(runs, 60)
+    drain = engine_config(settings, once=True, batch_size=BATCH)
+    await asyncio.wait_for(client_engine(drain, stack.client).run(), 120)
+    check = await verdict(stack.database_url, stack.client)
     assert refused > 0, "three engines pacing alone never went over the budget"
     assert (check.lost, check.duplicated, check.stale, check.extra) == (0, 0, 0, 0), check

@@ -18,6 +18,8 @@ from apex_metrics.dataverse.multipart import (
     encode_batch_response,
 )
 
+pytestmark = pytest.mark.unit
+
 MakeClient = Callable[..., DataverseClient]
 SET, TABLE, KEY = "apex_campaignmetricses", "apex_campaignmetrics", "apex_runid"
 

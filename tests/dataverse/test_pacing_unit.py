@@ -20,6 +20,8 @@ from apex_metrics.dataverse.pacing import (
 )
 from apex_metrics.dataverse.retry import MIN_PAUSE, RetryPolicy
 
+pytestmark = pytest.mark.unit
+
 
 class Clock:
     """A clock the test moves by hand, and a sleep that moves it."""

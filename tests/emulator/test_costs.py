@@ -63,6 +63,7 @@ TOO_LONG = {"apex_phase": "x" * 17}  # MaxLength 16: 400 0x80044331
 # --- the arithmetic --------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_cost_model_defaults_validation_and_dict() -> None:
     model = CostModel()
     assert model.to_dict() == {
@@ -81,6 +82,7 @@ def test_cost_model_defaults_validation_and_dict() -> None:
         CostModel(profile="cheap")  # type: ignore[arg-type]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("counts", "ms"),
     [
@@ -99,6 +101,7 @@ def test_modeled_seconds_of_a_usage(counts: Usage, ms: float) -> None:
     assert custom.seconds(counts) == pytest.approx(expected / 1000)
 
 
+@pytest.mark.unit
 def test_usage_of_requests_and_parts() -> None:
     alone = Usage()
     alone.request("GET", 200, False)
@@ -114,6 +117,7 @@ def test_usage_of_requests_and_parts() -> None:
     assert parts == Usage(writes=2, retrieves=2)
 
 
+@pytest.mark.unit
 def test_dop_hint_formula_and_limit_validation() -> None:
     assert ServiceLimits().dop_hint == 8  # 2 servers x 1,200 s / 300 s
     assert ServiceLimits(web_servers=1).dop_hint == 4

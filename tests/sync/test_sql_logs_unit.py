@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from apex_metrics.sql import load_queries
 from apex_metrics.sync.logs import JsonFormatter
+
+pytestmark = pytest.mark.unit
 
 
 def test_sync_sql_has_every_query() -> None:

@@ -27,6 +27,12 @@ engine's table in PostgreSQL (``sync/slots.py``), so that any number of engine p
 hosts, share one budget. A 429 pauses every request for exactly ``Retry-After``; the pool shares
 the pause too.
 
+Starts are **spread**: two requests start at least ``mean duration / slots`` apart. Slots that
+come free together (the first requests of a run, the end of a pause) would otherwise send in
+lockstep, and lockstep requests of several seconds end together: a web server's sliding window
+then holds a lump of them, over its budget, though the mean is under it. In a steady state the
+slots' rests already space starts further apart than this, so the spread costs no throughput.
+
 The batch size follows measured durations: as many rows as take about ``target_request_seconds``
 at the measured cost per row (never more than the caller's maximum), so a slow table or a plug-in
 does not make requests that outlive the time-out or a lease.
@@ -188,6 +194,8 @@ class Pacer:
         self._released = asyncio.Event()
         self._cost_seconds = 0.0  # decayed sums behind the cost per row
         self._cost_rows = 0.0
+        self._request_seconds = 0.0  # decayed mean duration of a request
+        self._next_start = 0.0  # no slot is taken before this (starts spread)
 
     # --- the budget ---------------------------------------------------------------------------
 
@@ -267,6 +275,9 @@ class Pacer:
         async with self._gate:
             while True:
                 await self.wait_pause(until)
+                if (spread := self._next_start - self._clock()) > 0:
+                    await self._wait(spread, until)
+                    continue  # a pause may have begun meanwhile
                 self._released.clear()
                 taken = await self.slots.take(self.concurrency, self.hold_seconds)
                 if taken.slot is not None:
@@ -280,6 +291,7 @@ class Pacer:
                 if until is not None and until.is_set():
                     raise SlotWaitStopped()
         now = self._clock()
+        self._next_start = now + self.spacing()
         self.stats.waited_seconds += now - started
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
@@ -310,9 +322,16 @@ class Pacer:
         ticket.requests += 1
         ticket.seconds += seconds
         self.stats.requests += 1
+        self._request_seconds = (
+            seconds if self.stats.requests == 1 else self._request_seconds * 0.8 + seconds * 0.2
+        )
         if rows > 0:  # the cost per row, decayed so that it follows changes
             self._cost_seconds = self._cost_seconds * 0.8 + seconds
             self._cost_rows = self._cost_rows * 0.8 + rows
+
+    def spacing(self) -> float:
+        """Seconds between two starts: the mean request's duration shared by the slots."""
+        return self._request_seconds / self.concurrency
 
     # --- batch size ---------------------------------------------------------------------------
 

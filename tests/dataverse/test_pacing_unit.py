@@ -4,6 +4,7 @@ rest after a request, the exact pause on 429, the batch size from measured durat
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 
@@ -90,6 +91,27 @@ async def test_short_requests_are_spaced_by_the_request_budget() -> None:
         clock.now += 0.01
         pacer.record(ticket, started, rows=1)
         assert pacer.rest(ticket) == pytest.approx(SECONDS_PER_REQUEST - 0.01)
+
+
+async def test_slots_freed_together_start_spread_not_in_lockstep() -> None:
+    clock = Clock()
+    pacer = Pacer(concurrency=4, clock=clock, sleep=clock.sleep)
+    async with pacer.slot() as ticket:
+        started = clock()
+        clock.now += 8.0  # requests take 8 s: four slots start one every 2 s
+        pacer.record(ticket, started, rows=1000)
+    assert pacer.spacing() == pytest.approx(2.0)
+    await pacer.throttled(5.0)  # a pause frees every slot at the same moment
+    clock.now += 5.0
+    starts: list[float] = []
+
+    async def start() -> None:
+        async with pacer.slot():
+            starts.append(clock())
+
+    await asyncio.gather(*(start() for _ in range(4)))
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps == pytest.approx([2.0, 2.0, 2.0]), "one start per mean duration / slots"
 
 
 async def test_a_ticket_without_a_request_gives_the_slot_back_at_once() -> None:

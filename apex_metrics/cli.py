@@ -250,6 +250,18 @@ def emulator_command(
             help="Client secret accepted (default: apex-local-secret).",
         ),
     ] = None,
+    client_certificate: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--client-certificate",
+            metavar="PEM",
+            show_default=False,
+            help="PEM file with a certificate registered for the client id (repeatable; a "
+            "private key in the file is ignored): the token endpoint then also accepts client "
+            "assertions signed by its key (RS256 with x5t, PS256 with x5t#S256), as with "
+            "APEX_CLIENT_CERTIFICATE. Default: APEX_CLIENT_CERTIFICATE when set.",
+        ),
+    ] = None,
     token_lifetime: Annotated[
         int, typer.Option("--token-lifetime", min=1, help="Access-token lifetime in seconds.")
     ] = 3599,
@@ -368,6 +380,25 @@ def emulator_command(
     storm_seconds: Annotated[
         float, typer.Option("--storm-seconds", min=0.0, help="Answer 429 to everything at first.")
     ] = 0.0,
+    solution: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--solution",
+            metavar="UNIQUENAME=PREFIX",
+            help="Seed an unmanaged solution whose publisher has this customization prefix "
+            "(repeatable), e.g. apexmetrics=apex; metadata created with the "
+            "MSCRM.SolutionUniqueName header becomes its components.",
+        ),
+    ] = None,
+    org_auditing: Annotated[
+        str,
+        typer.Option(
+            "--org-auditing",
+            metavar="on|off",
+            help="The organization's auditing (organizations.isauditenabled); off: no audit "
+            "records, whatever the tables say.",
+        ),
+    ] = "on",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the startup information as JSON.")
     ] = False,
@@ -377,19 +408,33 @@ def emulator_command(
 
     from apex_metrics.emulator import CostModel, EmulatorConfig, FaultSettings, ServiceLimits
     from apex_metrics.emulator import config as emulator_defaults
+    from apex_metrics.emulator.assertions import read_certificate_files
     from apex_metrics.emulator.serve import StartupInfo, serve
+    from apex_metrics.emulator.solutions import parse_seed
     from apex_metrics.settings import get_settings
 
     if cost_profile not in ("dataverse", "free"):
         raise typer.BadParameter("must be dataverse or free", param_hint="--cost-profile")
+    if org_auditing not in ("on", "off"):
+        raise typer.BadParameter("must be on or off", param_hint="--org-auditing")
+    try:
+        seeds = tuple(parse_seed(text) for text in solution or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--solution") from None
     settings = get_settings()
     secret = client_secret
     if secret is None and settings.client_secret is not None:
         secret = settings.client_secret.get_secret_value()
+    client = client_id or settings.client_id or emulator_defaults.DEFAULT_CLIENT_ID
+    certificate_files = client_certificate or (
+        [settings.client_certificate] if settings.client_certificate else []
+    )
+    certificates = read_certificate_files(certificate_files)
     config = EmulatorConfig(
         tenant_id=tenant_id or settings.tenant_id or emulator_defaults.DEFAULT_TENANT_ID,
-        client_id=client_id or settings.client_id or emulator_defaults.DEFAULT_CLIENT_ID,
+        client_id=client,
         client_secret=secret or emulator_defaults.DEFAULT_CLIENT_SECRET,
+        client_certificates={client: certificates} if certificates else {},
         token_lifetime_seconds=token_lifetime,
         key_activation_delay_seconds=key_activation_delay,
         limits=ServiceLimits(
@@ -408,6 +453,8 @@ def emulator_command(
             latency_jitter_ms=latency_jitter_ms, storm_seconds=storm_seconds,
         ),
         db_path=db,
+        solutions=seeds,
+        org_auditing=org_auditing == "on",
     )  # fmt: skip
 
     def announce(info: StartupInfo) -> None:
@@ -452,7 +499,9 @@ def dataverse_whoami(
     """Prove the credentials: get a token, call WhoAmI, show organisation, app user, parallelism.
 
     Credentials: APEX_TENANT_ID, APEX_CLIENT_ID, APEX_CLIENT_SECRET (or APEX_CLIENT_CERTIFICATE),
-    APEX_AUTHORITY_HOST, APEX_CA_BUNDLE.
+    APEX_AUTHORITY_HOST, APEX_CA_BUNDLE. On Azure, APEX_AUTH=managed-identity,
+    workload-identity or default signs in with that azure-identity credential instead
+    (default APEX_AUTH=client: the secret or certificate).
     """
     import asyncio
 
@@ -470,8 +519,24 @@ def dataverse_whoami(
 def dataverse_provision(
     url: DataverseUrlOption = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only read and print the plan; change nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Only read and print the plan (solution check, changes, publish, warnings); "
+            "change nothing.",
+        ),
     ] = False,
+    solution: Annotated[
+        str | None,
+        typer.Option(
+            "--solution",
+            envvar="APEX_DATAVERSE_SOLUTION",
+            show_envvar=True,
+            help="Unique name of the unmanaged solution to create the table, columns and key in "
+            "(MSCRM.SolutionUniqueName). Its publisher's prefix must be apex; an unknown "
+            "solution or another prefix stops before anything is created.",
+        ),
+    ] = None,
     key_timeout: Annotated[
         float, typer.Option("--key-timeout", help="Seconds to wait for the key to be Active.")
     ] = 600.0,
@@ -479,7 +544,8 @@ def dataverse_provision(
 ) -> None:
     """Create or check the apex_campaignmetrics table: columns, key, flags. Idempotent.
 
-    Exit status 1 when the table drifted from the contract (each problem is listed with its fix).
+    Publishes what it changed (PublishXml); warns when organization auditing is off. Exit
+    status 1 when the table drifted from the contract (each problem is listed with its fix).
     """
     import asyncio
 
@@ -489,10 +555,11 @@ def dataverse_provision(
     def progress(message: str) -> None:
         err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
+    settings = _dataverse_settings(url)
+    if solution:
+        settings = settings.model_copy(update={"dataverse_solution": solution})
     report = asyncio.run(
-        run_provision(
-            _dataverse_settings(url), dry_run=dry_run, progress=progress, key_timeout=key_timeout
-        )
+        run_provision(settings, dry_run=dry_run, progress=progress, key_timeout=key_timeout)
     )
     if as_json:
         print_json(report.to_dict())

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         description="Dataverse environment URL, e.g. https://org.crm.dynamics.com "
         "(the local emulator: http://127.0.0.1:8765)",
     )
+    auth: Literal["client", "managed-identity", "workload-identity", "default"] = Field(
+        default="client",
+        description="How to sign in to Entra ID: client (the app registration's "
+        "APEX_CLIENT_SECRET or APEX_CLIENT_CERTIFICATE; the emulator's local credentials), "
+        "managed-identity (ManagedIdentityCredential), workload-identity "
+        "(WorkloadIdentityCredential, AKS) or default (DefaultAzureCredential)",
+    )
     tenant_id: str | None = Field(default=None, description="Entra ID tenant (directory) id")
     client_id: str | None = Field(default=None, description="App registration (client) id")
     client_secret: SecretStr | None = Field(default=None, description="App client secret")
@@ -62,6 +69,12 @@ class Settings(BaseSettings):
         default=False,
         description="Keep Dataverse's server-affinity cookie (pins every request to one web "
         "server, whose limits then cap everything); off spreads requests over the web servers",
+    )
+    dataverse_solution: str | None = Field(
+        default=None,
+        description="Unique name of the unmanaged solution `dataverse provision` creates the "
+        "table, its columns and its key in (its publisher's prefix must be apex); unset: no "
+        "solution (the Default solution only)",
     )
 
     # --- Sync engine --------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 - :class:`LoopbackTokenProvider`: a plain client-credentials POST, for the local emulator over
   ``http://`` on loopback (MSAL refuses http authorities).
 - :class:`StaticTokenProvider`: a fixed token, for unit tests.
+- ``credential.CredentialTokenProvider``: any azure-identity ``TokenCredential`` (managed
+  identity, workload identity, ``DefaultAzureCredential``), picked by ``APEX_AUTH``.
 
 The scope is always ``<environment URL>/.default``. Tokens and secrets are never logged.
 """
@@ -91,7 +93,7 @@ class StaticTokenProvider:
         self.invalidations += 1
 
 
-class _CachingProvider:
+class CachingTokenProvider:
     """Token cache with a single in-flight refresh."""
 
     def __init__(self) -> None:
@@ -132,7 +134,7 @@ def _token_from_answer(
     return token, expires_in
 
 
-class LoopbackTokenProvider(_CachingProvider):
+class LoopbackTokenProvider(CachingTokenProvider):
     """Client credentials posted to ``<authority>/<tenant>/oauth2/v2.0/token`` on loopback http."""
 
     def __init__(
@@ -181,9 +183,13 @@ class LoopbackTokenProvider(_CachingProvider):
 
 
 def load_certificate(path: Path) -> dict[str, str]:
-    """MSAL's ``client_credential`` for a PEM file holding the certificate and its private key."""
+    """MSAL's ``client_credential`` for a PEM file holding the certificate and its private key.
+
+    Without a ``thumbprint`` MSAL (1.35 and later) names the certificate by its SHA-256
+    thumbprint (``x5t#S256``) and signs with PS256, as Entra ID's documentation now asks; the
+    SHA-1 ``x5t`` with RS256 is its legacy form."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     try:
@@ -214,7 +220,6 @@ def load_certificate(path: Path) -> dict[str, str]:
     ).decode()
     return {
         "private_key": key_pem,
-        "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # x5t is SHA-1 by spec
         "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
     }
 
@@ -230,7 +235,7 @@ def requests_session(ca_bundle: Path | None) -> requests.Session:
     return session
 
 
-class MsalTokenProvider(_CachingProvider):
+class MsalTokenProvider(CachingTokenProvider):
     """MSAL ``ConfidentialClientApplication`` (client secret or certificate)."""
 
     def __init__(

@@ -80,4 +80,10 @@ async def run_provision(
     """Create or check the contract table (see :mod:`apex_metrics.dataverse.provision`)."""
     check_url(settings.require("dataverse_url"), what="APEX_DATAVERSE_URL")
     async with open_dataverse(settings) as client:
-        return await provision(client, dry_run=dry_run, progress=progress, key_timeout=key_timeout)
+        return await provision(
+            client,
+            dry_run=dry_run,
+            progress=progress,
+            key_timeout=key_timeout,
+            solution=settings.dataverse_solution,
+        )

@@ -1,10 +1,13 @@
 """``open_dataverse(settings)``: a ready client for the configured environment or emulator.
 
-Picks the token provider from the authority URL:
+Picks the token provider from ``APEX_AUTH`` and the authority URL:
 
-- ``https://`` authority (Entra ID, or the https emulator): MSAL with the client secret, or the
-  certificate in ``APEX_CLIENT_CERTIFICATE``;
-- ``http://`` on loopback (the emulator): a plain client-credentials request.
+- ``APEX_AUTH=client`` (the default), ``https://`` authority (Entra ID, or the https emulator):
+  MSAL with the client secret, or the certificate in ``APEX_CLIENT_CERTIFICATE``;
+- ``APEX_AUTH=client``, ``http://`` on loopback (the emulator): a plain client-credentials
+  request;
+- ``APEX_AUTH=managed-identity|workload-identity|default``: the azure-identity credential of
+  that name (``credential.py``); or pass any ``TokenCredential`` as ``credential=``.
 
 When ``APEX_DATAVERSE_URL`` is a loopback URL and ``APEX_AUTHORITY_HOST`` was not set, the
 environment is its own authority (the emulator is both), and unset credentials default to the
@@ -22,12 +25,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookiejar import CookieJar, CookiePolicy, DefaultCookiePolicy
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from apex_metrics.dataverse.auth import LoopbackTokenProvider, MsalTokenProvider, TokenProvider
 from apex_metrics.dataverse.client import DataverseClient
+from apex_metrics.dataverse.credential import CredentialTokenProvider, azure_credential
 from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.urls import check_url, is_loopback
 from apex_metrics.exceptions import ConfigError
@@ -79,7 +84,9 @@ def authority_for(settings: Settings, environment_url: str) -> str:
 def token_provider(
     settings: Settings, environment_url: str, http: httpx.AsyncClient
 ) -> TokenProvider:
-    """The provider that fits the authority (see the module docstring)."""
+    """The provider that fits APEX_AUTH and the authority (see the module docstring)."""
+    if settings.auth != "client":
+        return _azure_provider(settings, environment_url)
     authority = authority_for(settings, environment_url)
     local = is_loopback(urlsplit(authority).hostname)
 
@@ -112,6 +119,30 @@ def token_provider(
     )
 
 
+def _azure_provider(settings: Settings, environment_url: str) -> TokenProvider:
+    """``APEX_AUTH=managed-identity|workload-identity|default``: APEX_TENANT_ID and
+    APEX_CLIENT_ID, when set, override azure-identity's AZURE_* variables; the authority is
+    APEX_AUTHORITY_HOST when set (or the loopback environment itself, the emulator), else
+    azure-identity's own default."""
+    assert settings.auth != "client"
+    explicit = "authority_host" in settings.model_fields_set or is_loopback(
+        urlsplit(environment_url).hostname
+    )
+    credential = azure_credential(
+        settings.auth,
+        tenant_id=settings.tenant_id,
+        client_id=settings.client_id,
+        authority=authority_for(settings, environment_url) if explicit else None,
+        ca_bundle=settings.ca_bundle,
+    )
+    return CredentialTokenProvider(
+        credential,
+        environment_url=environment_url,
+        setting=f"APEX_AUTH={settings.auth}",
+        owned=True,
+    )
+
+
 @asynccontextmanager
 async def open_dataverse(
     settings: Settings,
@@ -119,10 +150,13 @@ async def open_dataverse(
     transport: httpx.AsyncBaseTransport | None = None,
     tokens: TokenProvider | None = None,
     flow: Flow | None = None,
+    credential: Any = None,
 ) -> AsyncIterator[DataverseClient]:
     """A :class:`DataverseClient` for ``APEX_DATAVERSE_URL``; closes its connections on exit.
 
     ``flow`` paces and retries its requests (default: a flow of its own, slots in memory).
+    ``credential``: any azure-core ``TokenCredential`` (or async one) to sign in with, instead
+    of what ``APEX_AUTH`` picks; the caller keeps it and closes it.
     ``transport`` (e.g. ``httpx.ASGITransport(app=emulator)``) and ``tokens`` are for tests.
     """
     environment_url = check_url(
@@ -137,6 +171,8 @@ async def open_dataverse(
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         cookies=cookie_jar(settings.dataverse_affinity),
     ) as http:
+        if tokens is None and credential is not None:
+            tokens = CredentialTokenProvider(credential, environment_url=environment_url)
         provider = tokens or token_provider(settings, environment_url, http)
         try:
             yield DataverseClient(http, environment_url, provider, flow=flow)

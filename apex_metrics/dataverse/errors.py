@@ -4,6 +4,8 @@
     ├── AuthenticationError          credentials or permissions
     │   ├── InvalidClientSecret      AADSTS7000215: wrong or expired client secret
     │   ├── UnknownClient            AADSTS700016 / 90002: app id or tenant unknown
+    │   ├── CertificateRejected      AADSTS700027 / 700024: unknown certificate, bad or old JWT
+    │   ├── CredentialUnavailable    the Azure credential APEX_AUTH picked cannot work here
     │   ├── TokenRequestFailed       any other answer of the token authority
     │   ├── TokenRejected            401 from the Web API (expired or foreign token)
     │   ├── NotApplicationUser       0x80072560: the app is no application user of the environment
@@ -89,6 +91,23 @@ class UnknownClient(AuthenticationError):
         "check APEX_CLIENT_ID (the app registration's Application (client) ID) and APEX_TENANT_ID "
         "(the Directory (tenant) ID it is registered in)"
     )
+
+
+class CertificateRejected(AuthenticationError):
+    """The token authority rejected the certificate's client assertion (AADSTS700027,
+    AADSTS700024)."""
+
+    hint = (
+        "APEX_CLIENT_CERTIFICATE must hold the private key of a certificate uploaded under "
+        "Certificates & secrets of the app registration (compare the thumbprints); AADSTS700024 "
+        "means this machine's clock is off"
+    )
+
+
+class CredentialUnavailable(AuthenticationError):
+    """The Azure credential chosen by APEX_AUTH is not available in this environment."""
+
+    hint = "run where that identity exists (Azure VM, App Service, AKS pod), or change APEX_AUTH"
 
 
 class TokenRequestFailed(AuthenticationError):
@@ -302,6 +321,8 @@ def error_from_token_answer(
         )
     if 700016 in codes:
         return UnknownClient(text, **kw)
+    if codes & {700027, 700024, 700021, 50048}:
+        return CertificateRejected(text, **kw)
     if status is not None and (status >= 500 or status == 429):
         return TransientError(text, **kw)
     return TokenRequestFailed(text, **kw)

@@ -10,6 +10,10 @@ but differs (drift) is reported column by column with the fix; Dataverse cannot 
 column's type in place, so drift is never "repaired" by deleting data. A name carrying the
 publisher prefix twice (``apex_apex_…``, the maker portal adding ``apex_`` to a name typed with
 it) is recognised and explained. ``dry_run`` reads only and returns the plan.
+
+With a solution (``APEX_DATAVERSE_SOLUTION``), everything is created in it, after checking that
+it exists and that its publisher's prefix is the contract's (:mod:`.solution`); what changed is
+published; organization auditing being off is a warning.
 """
 
 from __future__ import annotations
@@ -40,6 +44,15 @@ from apex_metrics.dataverse.contract import (
     table_body,
 )
 from apex_metrics.dataverse.errors import DataverseError
+from apex_metrics.dataverse.solution import (
+    SolutionInfo,
+    auditing_warnings,
+    find_solution,
+    headers_for,
+    in_solution,
+    not_in_solution_warning,
+    publish_xml,
+)
 
 __all__ = [  # the contract helpers are re-exported for callers of this module
     "TABLE_PATH",
@@ -47,6 +60,7 @@ __all__ = [  # the contract helpers are re-exported for callers of this module
     "ContractDrift",
     "Problem",
     "ProvisionReport",
+    "SolutionInfo",
     "Step",
     "attribute_body",
     "compare_column",
@@ -86,6 +100,8 @@ class ProvisionReport:
     steps: list[Step] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     key_status: str | None = None
+    solution: SolutionInfo | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -120,6 +136,9 @@ class ProvisionReport:
             out.append(f"{len(self.steps)} change(s) {verb}; no drift")
         else:
             out.append(f"{len(self.problems)} problem(s) need a manual fix")
+        if self.solution is not None:
+            out.append(f"[check] {self.solution.line()}")
+        out.extend(f"[warning] {warning}" for warning in self.warnings)
         return out
 
 
@@ -178,10 +197,18 @@ async def provision(
     progress: Progress | None = None,
     key_timeout: float = 600.0,
     poll_interval: float = 2.0,
+    solution: str | None = None,
 ) -> ProvisionReport:
-    """Create what is missing, report what differs; with ``dry_run`` only plan."""
+    """Create what is missing, report what differs; with ``dry_run`` only plan.
+
+    With ``solution``, check it first (unknown, managed or of a publisher with another prefix:
+    raise before anything is created), then create every table, column and key in it."""
     say = progress or (lambda _msg: None)
     report = ProvisionReport(client.environment_url, dry_run)
+    if solution:
+        report.solution = await find_solution(client, solution)
+    report.warnings.extend(await auditing_warnings(client))
+    headers = headers_for(report.solution.unique_name if report.solution else None)
 
     async def step(action: str, target: str, detail: str, run: Any = None) -> None:
         item = Step(action, target, detail)
@@ -193,87 +220,15 @@ async def provision(
         elif run is not None:
             run.close()  # never awaited in a dry run
 
-    stray = await _find_table(client, PREFIX + LN)
-    if stray is not None:
-        report.problems.append(double_prefix_problem(PREFIX + LN, "table"))
-    table = await _find_table(client, LN)
-    specs = (PRIMARY_NAME, *contract_columns())
-    if table is None:
-        await step(
-            "create table",
-            metric.TABLE_SCHEMA_NAME,
-            f"entity set {metric.ENTITY_SET}, primary name {metric.PRIMARY_NAME}",
-            client.request("POST", "EntityDefinitions", json_body=table_body()),
-        )
-        if dry_run:
-            for spec in specs[1:]:
-                await step("create column", spec.logical, spec.describe())
-            await step("create key", metric.ALTERNATE_KEY_SCHEMA_NAME, "on apex_runid")
-            await step("wait for key", metric.ALTERNATE_KEY_SCHEMA_NAME, "until Active")
-            return report
-    else:
-        entity_set = table.get("EntitySetName")
-        if entity_set and entity_set != metric.ENTITY_SET:
-            report.problems.append(
-                Problem(
-                    LN,
-                    "wrong entity set",
-                    metric.ENTITY_SET,
-                    str(entity_set),
-                    "the table was created with another schema name; delete it and provision",
-                )
-            )
-
-    attributes = await _attributes(client)
-    primary = attributes.get(metric.PRIMARY_NAME)
-    for spec in specs[1:]:
-        actual = attributes.get(spec.logical)
-        if actual is None:
-            await step(
-                "create column",
-                spec.logical,
-                spec.describe(),
-                client.request("POST", f"{TABLE_PATH}/Attributes", json_body=attribute_body(spec)),
-            )
-        else:
-            report.problems.extend(compare_column(spec, actual))
-        doubled = DOUBLE + spec.logical[len(PREFIX) :]
-        if doubled in attributes:
-            report.problems.append(double_prefix_problem(doubled, "column"))
-    if primary is None:
-        report.problems.append(
-            Problem(
-                metric.PRIMARY_NAME,
-                "missing primary name column",
-                "apex_name (String) as primary name",
-                "absent",
-                "the table was created with another primary name column; recreate the table",
-            )
-        )
-
-    definition = await client.get_json(TABLE_PATH)
-    missing_flags = _missing_flags(definition)
-    if missing_flags:
-        await step(
-            "enable",
-            LN,
-            ", ".join(missing_flags),
-            _put_flags(client, definition),
-        )
-
-    keys = await _keys(client)
-    key = _our_key(keys)
-    if key is None:
-        await step(
-            "create key",
-            metric.ALTERNATE_KEY_SCHEMA_NAME,
-            "on apex_runid",
-            client.request("POST", f"{TABLE_PATH}/Keys", json_body=key_body()),
-        )
-        if dry_run:
-            await step("wait for key", metric.ALTERNATE_KEY_SCHEMA_NAME, "until Active")
-            return report
-        key = _our_key(await _keys(client))
+    if await _table_and_columns(client, report, step, headers):
+        await _flags(client, step, headers)
+        key = await _key(client, report, step, headers)
+    else:  # a dry run without the table: everything after it is planned blind
+        key = None
+    await _publish(client, report, step)
+    if key is None and dry_run:
+        await step("wait for key", metric.ALTERNATE_KEY_SCHEMA_NAME, "until Active")
+        return report
     status = str((key or {}).get("EntityKeyIndexStatus") or "Unknown")
     if status != "Active" and not dry_run:
         status = await _wait_key_active(client, say, key_timeout, poll_interval)
@@ -295,7 +250,127 @@ async def provision(
     return report
 
 
-async def _put_flags(client: DataverseClient, definition: dict[str, Any]) -> None:
+StepRunner = Callable[..., Any]
+
+
+async def _table_and_columns(
+    client: DataverseClient, report: ProvisionReport, step: StepRunner, headers: dict[str, str]
+) -> bool:
+    """Create the table or check it, then its columns. False: a dry run found no table (the
+    columns and the key are then planned without reading)."""
+    stray = await _find_table(client, PREFIX + LN)
+    if stray is not None:
+        report.problems.append(double_prefix_problem(PREFIX + LN, "table"))
+    table = await _find_table(client, LN)
+    specs = (PRIMARY_NAME, *contract_columns())
+    if table is None:
+        await step(
+            "create table",
+            metric.TABLE_SCHEMA_NAME,
+            f"entity set {metric.ENTITY_SET}, primary name {metric.PRIMARY_NAME}",
+            client.request("POST", "EntityDefinitions", json_body=table_body(), headers=headers),
+        )
+        if report.dry_run:
+            for spec in specs[1:]:
+                await step("create column", spec.logical, spec.describe())
+            await step("create key", metric.ALTERNATE_KEY_SCHEMA_NAME, "on apex_runid")
+            return False
+    else:
+        entity_set = table.get("EntitySetName")
+        if entity_set and entity_set != metric.ENTITY_SET:
+            report.problems.append(
+                Problem(
+                    LN,
+                    "wrong entity set",
+                    metric.ENTITY_SET,
+                    str(entity_set),
+                    "the table was created with another schema name; delete it and provision",
+                )
+            )
+        solution = report.solution
+        if solution is not None and table.get("MetadataId"):
+            if not await in_solution(client, solution, str(table["MetadataId"])):
+                report.warnings.append(not_in_solution_warning(solution))
+
+    attributes = await _attributes(client)
+    primary = attributes.get(metric.PRIMARY_NAME)
+    for spec in specs[1:]:
+        actual = attributes.get(spec.logical)
+        if actual is None:
+            await step(
+                "create column",
+                spec.logical,
+                spec.describe(),
+                client.request(
+                    "POST",
+                    f"{TABLE_PATH}/Attributes",
+                    json_body=attribute_body(spec),
+                    headers=headers,
+                ),
+            )
+        else:
+            report.problems.extend(compare_column(spec, actual))
+        doubled = DOUBLE + spec.logical[len(PREFIX) :]
+        if doubled in attributes:
+            report.problems.append(double_prefix_problem(doubled, "column"))
+    if primary is None:
+        report.problems.append(
+            Problem(
+                metric.PRIMARY_NAME,
+                "missing primary name column",
+                "apex_name (String) as primary name",
+                "absent",
+                "the table was created with another primary name column; recreate the table",
+            )
+        )
+    return True
+
+
+async def _flags(client: DataverseClient, step: StepRunner, headers: dict[str, str]) -> None:
+    definition = await client.get_json(TABLE_PATH)
+    missing_flags = _missing_flags(definition)
+    if missing_flags:
+        await step("enable", LN, ", ".join(missing_flags), _put_flags(client, definition, headers))
+
+
+async def _key(
+    client: DataverseClient, report: ProvisionReport, step: StepRunner, headers: dict[str, str]
+) -> dict[str, Any] | None:
+    """The contract's key, created when missing (None: a dry run that would create it)."""
+    key = _our_key(await _keys(client))
+    if key is None:
+        await step(
+            "create key",
+            metric.ALTERNATE_KEY_SCHEMA_NAME,
+            "on apex_runid",
+            client.request("POST", f"{TABLE_PATH}/Keys", json_body=key_body(), headers=headers),
+        )
+        if report.dry_run:
+            return None
+        key = _our_key(await _keys(client))
+    return key
+
+
+_PUBLISHED_BY = ("create table", "create column", "create key", "enable")
+
+
+async def _publish(client: DataverseClient, report: ProvisionReport, step: StepRunner) -> None:
+    """Publish the table when this run changed (or, dry, would change) its definition."""
+    changes = [s for s in report.steps if s.action in _PUBLISHED_BY]
+    if report.dry_run and changes:
+        await step("publish", LN, "PublishXml")
+    elif any(s.done for s in changes):
+        await step(
+            "publish",
+            LN,
+            "PublishXml",
+            client.request("POST", "PublishXml", json_body=publish_xml(LN)),
+        )
+
+
+async def _put_flags(
+    client: DataverseClient, definition: dict[str, Any], headers: dict[str, str]
+) -> None:
     body = {k: v for k, v in definition.items() if not k.startswith("@odata.context")}
     body["ChangeTrackingEnabled"] = True
     body["IsAuditEnabled"] = managed(True, "canmodifyauditsettings")
@@ -305,7 +380,9 @@ async def _put_flags(client: DataverseClient, definition: dict[str, Any]) -> Non
         if definition.get("MetadataId")
         else TABLE_PATH
     )
-    await client.request("PUT", target, json_body=body, headers={"MSCRM.MergeLabels": "true"})
+    await client.request(
+        "PUT", target, json_body=body, headers={"MSCRM.MergeLabels": "true", **headers}
+    )
 
 
 async def _wait_key_active(

@@ -18,6 +18,7 @@ from apex_metrics.emulator.errors import (
 from apex_metrics.emulator.messages import ApiRequest, ApiResponse
 from apex_metrics.emulator.metadata import Attribute, Entity
 from apex_metrics.emulator.metadata_api import MetadataApi, segment
+from apex_metrics.emulator.solutions import Solutions
 from apex_metrics.emulator.store import Store
 from apex_metrics.emulator.values import to_json
 
@@ -66,7 +67,8 @@ class WebApi:
     def __init__(self, config: EmulatorConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.metadata = MetadataApi(store, config.key_activation_delay_seconds)
+        self.solutions = Solutions(store, config.solutions, _ORG_ID, config.org_auditing)
+        self.metadata = MetadataApi(store, config.key_activation_delay_seconds, self.solutions)
         self.audits = audit_entity()
 
     def handle(self, request: ApiRequest) -> ApiResponse:
@@ -111,7 +113,7 @@ class WebApi:
         if name == "EntityDefinitions":
             return self.metadata.handle(request, segments)
         if name in ("PublishXml", "PublishAllXml") and method == "POST" and len(segments) == 1:
-            return ApiResponse.empty(204)  # definitions take effect at once in the emulator
+            return self.solutions.publish(request, name)
         if name == "CreateEntities" and method == "POST" and len(segments) == 1:
             return self.metadata.create_entities(request)
         if name == "audits":
@@ -120,6 +122,8 @@ class WebApi:
             return collection.list_rows(
                 self.store, self.audits, request, self.config.max_aggregate_records
             )
+        if name in self.solutions.entity_sets:
+            return self.solutions.read(request, name, ref, segments[1:])
         entity = self.store.by_set.get(name)
         if entity is None:
             raise ApiError(

@@ -213,6 +213,7 @@ class Emulator:
 
     async def admin_reset(self, request: Request) -> Response:
         self.store.reset()
+        self.web.solutions.reset()
         self.limiter.reset()
         self.servers.reset()
         self.stats.reset()
@@ -246,6 +247,7 @@ class Emulator:
         data["tables"] = {
             e.entity_set_name: _count(self.store, e.table) for e in self.store.entities.values()
         }
+        data["publishes"] = list(self.web.solutions.publishes)
         data["web_servers"] = self.limiter.stats()
         data["limits"] = self.config.limits.to_dict()
         data["costs"] = self.config.costs.to_dict()

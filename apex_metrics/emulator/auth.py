@@ -1,7 +1,9 @@
 """The token authority (Entra ID's client-credentials flow) and bearer-token checks.
 
-Tokens are HMAC-signed (key kept in the store, so they survive restarts with a database file)
-and carry the audience (environment URL), the client id and the expiry.
+A client proves itself with its secret, or with a client assertion: a JWT signed by one of its
+certificates, or a federated token (``assertions.py``). Tokens are HMAC-signed (key kept in the
+store, so they survive restarts with a database file) and carry the audience (environment URL),
+the client id, how the client authenticated (``appidacr``) and the expiry.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from apex_metrics.emulator.assertions import JWT_BEARER, AssertionRejected, AssertionVerifier
 from apex_metrics.emulator.config import EmulatorConfig
 from apex_metrics.emulator.errors import NOT_A_MEMBER, TOKEN_EXPIRED, ApiError
 from apex_metrics.emulator.messages import Caller
@@ -45,7 +48,11 @@ def openid_configuration(base: str, tenant: str) -> dict[str, Any]:
         "authorization_endpoint": f"{base}/{tenant}/oauth2/v2.0/authorize",
         "device_authorization_endpoint": f"{base}/{tenant}/oauth2/v2.0/devicecode",
         "jwks_uri": f"{base}/{tenant}/discovery/v2.0/keys",
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_post",
+            "private_key_jwt",
+            "client_secret_basic",
+        ],
         "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
         "grant_types_supported": ["client_credentials"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
@@ -80,6 +87,7 @@ class Authority:
     def __init__(self, config: EmulatorConfig, signing_key: bytes) -> None:
         self.config = config
         self.key = signing_key
+        self.assertions = AssertionVerifier(config)
 
     def _sign(self, payload: dict[str, Any]) -> str:
         header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
@@ -108,6 +116,7 @@ class Authority:
                 f"The app requested an unsupported grant type '{str(grant)[:50]}'.",
             )  # fmt: skip
         client_id, secret = form.get("client_id"), form.get("client_secret")
+        assertion, assertion_type = form.get("client_assertion"), form.get("client_assertion_type")
         if authorization and authorization.lower().startswith("basic "):
             try:
                 decoded = _unb64(authorization[6:].strip()).decode()
@@ -121,27 +130,66 @@ class Authority:
                 400, "invalid_request", 900144,
                 "The request body must contain the following parameter: 'client_id'.",
             )  # fmt: skip
-        secrets = self.config.secrets()
-        if client_id not in secrets:
+        if client_id not in self.config.registered_clients():
             raise TokenError(
                 400, "unauthorized_client", 700016,
                 f"Application with identifier '{client_id[:100]}' was not found in the directory"
                 f" '{self.config.tenant_id}'. This can happen if the application has not been"
                 " installed by the administrator of the tenant.",
             )  # fmt: skip
+        if assertion is not None or assertion_type is not None:
+            if secret:
+                raise TokenError(
+                    400, "invalid_request", 90023,
+                    "Only one of 'client_assertion' and 'client_secret' may be presented.",
+                )  # fmt: skip
+            self._check_assertion(tenant, client_id, assertion, assertion_type, base)
+            method = "2"  # appidacr: certificate or federated credential
+        else:
+            self._check_secret(client_id, secret)
+            method = "1"  # appidacr: client secret
+        return self._finish(form, client_id, method, base)
+
+    def _check_secret(self, client_id: str, secret: str | None) -> None:
         if not secret:
             raise TokenError(
                 401, "invalid_client", 7000218,
                 "The request body must contain the following parameter: 'client_assertion' or"
                 " 'client_secret'.",
             )  # fmt: skip
-        if not hmac.compare_digest(secret.encode(), secrets[client_id].encode()):
+        expected = self.config.secrets().get(client_id)
+        if expected is None or not hmac.compare_digest(secret.encode(), expected.encode()):
             raise TokenError(
                 401, "invalid_client", 7000215,
                 "Invalid client secret provided. Ensure the secret being sent in the request is"
                 f" the client secret value, not the client secret ID, for a secret added to app"
                 f" '{client_id}'.",
             )  # fmt: skip
+
+    def _check_assertion(
+        self, tenant: str, client_id: str, assertion: str | None, kind: str | None, base: str
+    ) -> None:
+        if kind != JWT_BEARER:
+            raise TokenError(
+                400, "invalid_request", 90014 if not kind else 90023,
+                f"The value of 'client_assertion_type' must be '{JWT_BEARER}'.",
+            )  # fmt: skip
+        if not assertion:
+            raise TokenError(
+                400, "invalid_request", 900144,
+                "The request body must contain the following parameter: 'client_assertion'.",
+            )  # fmt: skip
+        endpoints = [f"{base}/{tenant}/oauth2/v2.0/token", f"{base}/{tenant}/oauth2/token"]
+        try:
+            self.assertions.verify(
+                assertion, client_id=client_id, token_endpoints=endpoints, now=time.time()
+            )
+        except AssertionRejected as exc:
+            raise TokenError(exc.status, exc.error, exc.code, exc.description) from None
+
+    def _finish(
+        self, form: dict[str, str], client_id: str, method: str, base: str
+    ) -> dict[str, Any]:
         scope = (form.get("scope") or "").strip()
         if not scope:
             raise TokenError(
@@ -165,7 +213,7 @@ class Authority:
         now = int(time.time())
         lifetime = self.config.token_lifetime_seconds
         payload = {
-            "aud": audience, "appid": client_id, "tid": self.config.tenant_id,
+            "aud": audience, "appid": client_id, "appidacr": method, "tid": self.config.tenant_id,
             "iat": now, "nbf": now, "exp": now + lifetime, "jti": str(uuid.uuid4()),
         }  # fmt: skip
         return {

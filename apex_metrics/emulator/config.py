@@ -105,6 +105,20 @@ class FaultSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FederatedCredential:
+    """A federated identity credential on an app (workload identity federation): a token from
+    ``issuer`` about ``subject`` for ``audience`` stands in for the app's secret. Entra fetches
+    the issuer's signing keys from its OpenID configuration; the emulator, offline, is given
+    them: ``issuer_key_pem`` is the issuer's RSA public key or certificate (PEM)."""
+
+    client_id: str
+    issuer: str
+    subject: str
+    issuer_key_pem: str = field(repr=False)
+    audience: str = "api://AzureADTokenExchange"  # Entra's recommended audience
+
+
+@dataclass(frozen=True, slots=True)
 class EmulatorConfig:
     """Everything the emulator needs; ``create_app(config)`` serves it."""
 
@@ -113,6 +127,10 @@ class EmulatorConfig:
     client_secret: str = field(default=DEFAULT_CLIENT_SECRET, repr=False)
     # More app registrations: client id -> secret.
     extra_clients: dict[str, str] = field(default_factory=dict, repr=False)
+    # App certificates: client id -> PEM certificates. Client assertions signed by their keys
+    # stand in for the secret (emulator/assertions.py).
+    client_certificates: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    federated_credentials: tuple[FederatedCredential, ...] = ()
     # Client ids added as application users; None means every registered client.
     application_users: frozenset[str] | None = None
     token_lifetime_seconds: int = 3599
@@ -124,6 +142,9 @@ class EmulatorConfig:
     db_path: Path | None = None  # SQLite file; None keeps everything in memory
     max_aggregate_records: int = 50_000
     max_page_size: int = 5000
+    # Solutions to seed besides Default: (unique name, publisher customization prefix).
+    solutions: tuple[tuple[str, str], ...] = ()
+    org_auditing: bool = True  # the organization's isauditenabled
 
     def __post_init__(self) -> None:
         if self.token_lifetime_seconds < 1:
@@ -135,7 +156,12 @@ class EmulatorConfig:
         """Every registered client id with its secret."""
         return {**self.extra_clients, self.client_id: self.client_secret}
 
+    def registered_clients(self) -> set[str]:
+        """Every client id with a secret, a certificate or a federated credential."""
+        federated = {f.client_id for f in self.federated_credentials}
+        return set(self.secrets()) | set(self.client_certificates) | federated
+
     def is_application_user(self, client_id: str) -> bool:
         if self.application_users is None:
-            return client_id in self.secrets()
+            return client_id in self.registered_clients()
         return client_id in self.application_users

@@ -30,6 +30,7 @@ from apex_metrics.emulator.metadata import (
     label_text,
 )
 from apex_metrics.emulator.query import parse_filter
+from apex_metrics.emulator.solutions import ATTRIBUTE, ENTITY, ENTITY_KEY, Solutions
 from apex_metrics.emulator.store import Store
 
 RESERVED_SETS = {
@@ -168,9 +169,10 @@ def _context(request: ApiRequest, entity: Entity) -> str:
 
 
 class MetadataApi:
-    def __init__(self, store: Store, key_delay: float) -> None:
+    def __init__(self, store: Store, key_delay: float, solutions: Solutions) -> None:
         self.store = store
         self.key_delay = key_delay
+        self.solutions = solutions
 
     def _entity_json(self, entity: Entity, request: ApiRequest) -> dict[str, Any]:
         data = _project(entity.to_json(), request.option("$select"))
@@ -226,8 +228,11 @@ class MetadataApi:
         raise not_found(f"Resource not found for the segment '{segments[1][:100]}'.")
 
     def create_entity(self, request: ApiRequest, body: Any) -> ApiResponse:
+        solution = self.solutions.target(request)
         entity = self._new_entity(body)
-        self.store.create_table(entity)
+        with self.store.transaction():
+            self.store.create_table(entity)
+            self.solutions.add(solution, entity.metadata_id, ENTITY)
         location = f"{request.service_root}/EntityDefinitions({entity.metadata_id})"
         return ApiResponse.empty(204, {"OData-EntityId": location})
 
@@ -252,11 +257,14 @@ class MetadataApi:
             raise bad_request(
                 "CreateEntities needs a non-empty 'Entities' array.", INVALID_ARGUMENT
             )
+        solution = self.solutions.target(request)
         entities = [self._new_entity(item) for item in items]
         if len({e.logical_name for e in entities}) != len(entities):
             raise bad_request("The same entity appears twice in CreateEntities.", NAME_EXISTS)
-        for entity in entities:
-            self.store.create_table(entity)
+        with self.store.transaction():
+            for entity in entities:
+                self.store.create_table(entity)
+                self.solutions.add(solution, entity.metadata_id, ENTITY)
         context = f"{request.service_root}/$metadata#Microsoft.Dynamics.CRM.CreateEntitiesResponse"
         return ApiResponse.json(
             200, {"@odata.context": context, "EntityIds": [e.metadata_id for e in entities]}
@@ -270,10 +278,13 @@ class MetadataApi:
             sent = body.get(name)
             if sent is not None and str(sent).lower() != entity.logical_name:
                 raise bad_request(f"{name} cannot be changed.", INVALID_ARGUMENT)
+        solution = self.solutions.target(request)
         apply_flags(entity, body)
         entity.display_name = label_text(body.get("DisplayName"), entity.display_name)
         with self.store.transaction():
             self.store.save_entity(entity)
+            if solution is not None:  # an update names the solution to add the table to
+                self.solutions.add(solution, entity.metadata_id, ENTITY)
         return ApiResponse.empty(204)
 
     def attributes(
@@ -293,6 +304,7 @@ class MetadataApi:
                 context = f"{_context(request, entity)}/Attributes"
                 return _collection(request, data, context)
             if request.method == "POST" and not rest:
+                solution = self.solutions.target(request)
                 attr = attribute_from_json(request.json())
                 if attr.logical_name in entity.attributes:
                     raise duplicate_attribute(attr.logical_name, entity.logical_name)
@@ -300,7 +312,9 @@ class MetadataApi:
                     raise bad_request(
                         "The entity already has a primary name attribute.", INVALID_ARGUMENT
                     )
-                self.store.add_column(entity, attr)
+                with self.store.transaction():
+                    self.store.add_column(entity, attr)
+                    self.solutions.add(solution, attr.metadata_id, ATTRIBUTE)
                 return ApiResponse.empty(
                     204, {"OData-EntityId": f"{base}/Attributes({attr.metadata_id})"}
                 )
@@ -320,10 +334,12 @@ class MetadataApi:
                 context = f"{_context(request, entity)}/Keys"
                 return _collection(request, data, context)
             if request.method == "POST":
+                solution = self.solutions.target(request)
                 key = self._new_key(entity, request.json())
                 entity.keys[key.logical_name] = key
                 with self.store.transaction():
                     self.store.save_entity(entity)
+                    self.solutions.add(solution, key.metadata_id, ENTITY_KEY)
                 self.store.activate_keys(entity, time.time())
                 return ApiResponse.empty(204, {"OData-EntityId": f"{base}/Keys({key.metadata_id})"})
             raise method_not_allowed(request.method, "Keys")

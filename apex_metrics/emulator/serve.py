@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from apex_metrics.emulator.app import create_app
+from apex_metrics.emulator.assertions import thumbprints
 from apex_metrics.emulator.config import EmulatorConfig
 from apex_metrics.emulator.errors import EmulatorError
 
@@ -27,6 +28,7 @@ class StartupInfo:
     cost_profile: str = "dataverse"
     web_servers: int = 2
     dop_hint: int = 8
+    certificate_thumbprints: tuple[str, ...] = ()  # SHA-1, of the client's certificates
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class StartupInfo:
             "cost_profile": self.cost_profile,
             "web_servers": self.web_servers,
             "dop_hint": self.dop_hint,
+            "client_certificate_thumbprints": list(self.certificate_thumbprints),
         }
 
     def limits_line(self) -> str:
@@ -65,6 +68,11 @@ class StartupInfo:
             f"  APEX_CLIENT_ID={self.client_id}",
             "  APEX_CLIENT_SECRET=<the secret the emulator was started with>",
         ]
+        if self.certificate_thumbprints:
+            lines.append(
+                "  or APEX_CLIENT_CERTIFICATE=<PEM with the key of certificate "
+                f"{', '.join(self.certificate_thumbprints)}> (needs --tls: MSAL wants https)"
+            )
         if self.ca_file:
             lines.append(f"  APEX_CA_BUNDLE={self.ca_file}")
         lines.append(
@@ -126,6 +134,7 @@ async def serve(
                 config.costs.profile,
                 limits.web_servers,
                 limits.dop_hint,
+                thumbprints(config),
             )
         )
         server = uvicorn.Server(

@@ -124,6 +124,7 @@ class Store:
             resources.files("apex_metrics.emulator").joinpath("schema.sql").read_text()
         )
         self.counts: Counter[str] = Counter()  # rows written, for the admin statistics
+        self.auditing = True  # the organization's isauditenabled: off, no audit records at all
         self.entities: dict[str, Entity] = {}
         self.by_set: dict[str, Entity] = {}
         self.version = 0
@@ -308,6 +309,8 @@ class Store:
     ) -> None:
         """Record a create (1), update (2) or delete (3); ``changedata`` is the JSON text of its
         old and new values (``values.deleted_text``), or its compact form (``self.changedata``)."""
+        if not self.auditing:
+            return
         self._audit.append(
             (
                 audit_id(),

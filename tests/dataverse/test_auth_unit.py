@@ -13,6 +13,8 @@ import pytest
 import requests
 import requests.adapters
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from apex_metrics.dataverse import errors as e
 from apex_metrics.dataverse.auth import (
@@ -164,7 +166,8 @@ def test_certificate_credential_from_pem(tmp_path: Path) -> None:
     with pytest.raises(e.TokenRequestFailed, match="RSA"):
         load_certificate(ec)
     assert credential["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
-    assert len(credential["thumbprint"]) == 40
+    assert "thumbprint" not in credential, "MSAL then names it by SHA-256 (x5t#S256, PS256)"
+    assert credential["public_certificate"].startswith("-----BEGIN CERTIFICATE-----")
     bad = tmp_path / "bad.pem"
     bad.write_text("not a pem")
     with pytest.raises(e.TokenRequestFailed):
@@ -223,5 +226,8 @@ async def test_msal_certificate_credential_sends_a_signed_assertion(tmp_path: Pa
     assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
     assert form["scope"] == "https://org.example.test/.default"
     header = json.loads(base64.urlsafe_b64decode(form["client_assertion"].split(".")[0] + "=="))
-    thumbprint = load_certificate(pem)["thumbprint"]
-    assert base64.urlsafe_b64decode(header["x5t"] + "==").hex() == thumbprint
+    sha256 = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes()).fingerprint(
+        hashes.SHA256()
+    )
+    assert header["alg"] == "PS256"
+    assert base64.urlsafe_b64decode(header["x5t#S256"] + "==") == sha256

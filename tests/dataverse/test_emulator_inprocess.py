@@ -83,7 +83,7 @@ async def test_dry_run_plans_and_writes_nothing(dataverse: DataverseClient) -> N
     plan = await provision(dataverse, dry_run=True)
     assert plan.dry_run and not plan.changed
     assert [s.action for s in plan.steps][:2] == ["create table", "create column"]
-    assert len(plan.steps) == 1 + 13 + 2
+    assert len(plan.steps) == 1 + 13 + 3  # table, columns, key, publish, wait for the key
     listing = await dataverse.get_json(
         "EntityDefinitions", {"$filter": f"LogicalName eq '{metric.TABLE_LOGICAL_NAME}'"}
     )

@@ -21,6 +21,8 @@ from apex_metrics.emulator import CostModel, EmulatorConfig, ServiceLimits
 from apex_metrics.testing import RunningEmulator, running_emulator
 from tests.emulator.conftest import api_client, emulator_stats, get_token
 
+PUBLISH = {"ParameterXml": "<importexportxml/>"}  # PublishXml's required parameter
+
 COOKIE = re.compile(r"^ARRAffinity=([0-9a-f]{64}); Path=/; HttpOnly$")
 SERVER_KEYS = {
     "server",
@@ -190,7 +192,7 @@ def test_execution_time_limit_waits_until_enough_time_has_left() -> None:
         time.sleep(1.5)
         second, second_at = timed(lambda: client.get("WhoAmI"))  # 0.1 s, ends at second_at
         assert second.status_code == 200
-        assert client.post("PublishXml", json={}).status_code == 204  # a write: 0.5 s
+        assert client.post("PublishXml", json=PUBLISH).status_code == 204  # a write: 0.5 s
         refused, refused_at = timed(lambda: client.get("WhoAmI"))
         assert refused.status_code == 429
         assert refused.json()["error"] == {

@@ -153,7 +153,7 @@ def record_run(
     metric = parse_metric(values)  # bad input fails before any connection
 
     async def run() -> str:
-        async with Recorder(database_url, max_connections=1) as recorder:
+        async with Recorder(database_url, max_connections=1, strict=True) as recorder:
             result = await recorder.record(metric)
         state = "new" if result.inserted else "updated"
         where = f"id {result.id}, version {result.version}"
@@ -202,6 +202,77 @@ def import_runs(
         print_json(report.to_dict())
     else:
         console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
+
+
+# --- recorder spool: spool status, spool flush --------------------------------------------------
+
+spool_app = typer.Typer(
+    help="Runs the recorder kept in its local spool while PostgreSQL was away.",
+    no_args_is_help=True,
+)
+app.add_typer(spool_app, name="spool")
+
+SpoolDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--spool-dir",
+        envvar="APEX_SPOOL_DIR",
+        show_envvar=True,
+        help="Spool directory [default: the user's state directory, "
+        "~/.local/state/apex-metrics/spool on Linux].",
+    ),
+]
+
+
+@spool_app.command("status")
+def spool_status(
+    spool_dir: SpoolDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What waits in the spool: runs, bytes (and the limit), oldest, path, rejected entries."""
+    from apex_metrics.spool import Spool
+
+    status = Spool(spool_dir).status()
+    if as_json:
+        print_json(status.to_dict())
+        return
+    for line in status.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@spool_app.command("flush")
+def spool_flush(
+    database_url: DatabaseUrlOption = None,
+    spool_dir: SpoolDirOption = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait", min=0, help="Seconds to wait while another process flushes the same spool."
+        ),
+    ] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """Deliver the spooled runs to PostgreSQL, oldest first (an upsert by run id: a run
+    delivered twice, e.g. after a crash, is never doubled). Safe to run while recorders run."""
+    import asyncio
+
+    from apex_metrics.spool import Spool, SpoolError
+    from apex_metrics.spool_delivery import flush_to
+
+    spool = Spool(spool_dir)
+    report = asyncio.run(flush_to(database_url, spool, wait=wait))
+    if report.busy:
+        raise SpoolError(
+            f"another process is flushing the spool {spool.path}",
+            hint="it delivers these runs too; run `apex-metrics spool status` to follow it",
+        )
+    if as_json:
+        print_json({**report.to_dict(), "waiting": spool.status().runs})
+        return
+    line = f"delivered {report.delivered} run(s) from {report.path}"
+    if report.rejected:
+        line += f"; {report.rejected} kept aside in rejected.jsonl (see `spool status`)"
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # --- emulator -----------------------------------------------------------------------------------
@@ -880,6 +951,94 @@ def panel_command(
         port=port,
     )
     asyncio.run(serve(config))
+
+
+# --- collect: OTLP/HTTP traces in, runs out -------------------------------------------------------
+
+
+@app.command("collect")
+def collect_command(
+    host: Annotated[
+        str,
+        typer.Option(help="Address to bind; off loopback APEX_INGEST_TOKEN is required."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port (OTLP/HTTP's 4318).")] = 4318,
+    database_url: DatabaseUrlOption = None,
+    idle_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-seconds",
+            envvar="APEX_COLLECT_IDLE_SECONDS",
+            show_envvar=True,
+            min=0.01,
+            help="Finalise a trace after this long without a new span [default: 30].",
+        ),
+    ] = None,
+    max_spans: Annotated[
+        int | None,
+        typer.Option(
+            "--max-spans",
+            envvar="APEX_COLLECT_MAX_SPANS",
+            show_envvar=True,
+            min=1,
+            help="Most span ids held in memory [default: 1000000].",
+        ),
+    ] = None,
+    max_traces: Annotated[
+        int | None,
+        typer.Option(
+            "--max-traces",
+            envvar="APEX_COLLECT_MAX_TRACES",
+            show_envvar=True,
+            min=1,
+            help="Most traces held in memory [default: 100000].",
+        ),
+    ] = None,
+) -> None:
+    """Receive OpenTelemetry traces over OTLP/HTTP (POST /v1/traces, protobuf or JSON, gzip)
+    and record each trace as one run in PostgreSQL (mapping: docs/ingest.md). Exporters point
+    OTEL_EXPORTER_OTLP_ENDPOINT at http://HOST:PORT; with APEX_INGEST_TOKEN set they must send
+    Authorization: Bearer <token>. GET /metrics serves Prometheus counters. Needs the collect
+    extra: pip install 'apex-metrics[collect]'."""
+    import asyncio
+    import dataclasses
+
+    from apex_metrics.db import database_url as resolve_url
+    from apex_metrics.exceptions import ConfigError
+    from apex_metrics.settings import get_settings
+
+    try:
+        from apex_metrics.collect.app import CollectConfig
+        from apex_metrics.collect.serve import check_bind, serve
+        from apex_metrics.collect.store import Limits
+    except ImportError as exc:
+        raise ConfigError(
+            f"collect needs its extra dependencies ({exc.name} is missing)",
+            hint="pip install 'apex-metrics[collect]'",
+        ) from exc
+    settings = get_settings()
+    limits = dataclasses.replace(
+        Limits(),
+        idle_seconds=idle_seconds or settings.collect_idle_seconds,
+        max_spans=max_spans or settings.collect_max_spans,
+        max_traces=max_traces or settings.collect_max_traces,
+    )
+    config = CollectConfig(
+        database_url=resolve_url(database_url), host=host, port=port,
+        token=settings.ingest_token, limits=limits,
+    )  # fmt: skip
+    check_bind(host, config.token)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(
+        f"collect: OTLP/HTTP on http://{shown}:{port}/v1/traces (protobuf, JSON, gzip); "
+        f"token {'required' if config.token else 'not required (loopback)'}; "
+        f"metrics on /metrics",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
 
 
 # --- demo, verify, bench ------------------------------------------------------------------------

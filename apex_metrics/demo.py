@@ -206,7 +206,7 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
             say("provision: table, columns, key and flags are in place")
             rec = await reconcile(db_url, client, repair=True)
             say(f"reconcile: {_reconcile_summary(rec)}")
-            recorder = await stack.enter_async_context(Recorder(db_url))
+            recorder = await stack.enter_async_context(Recorder(db_url, strict=True))
             gen = TrafficGenerator(options.seed)
             if options.backfill_days > 0:
                 started = time.monotonic()

@@ -8,7 +8,8 @@
     │   ├── DatabaseAuthFailed       wrong user or password
     │   ├── DatabaseMissing          the database does not exist
     │   └── SchemaNotMigrated        ``apex-metrics db migrate`` has not been run
-    └── (part-specific roots: ``dataverse.errors.DataverseError``, ``sync`` and ``panel`` errors)
+    └── (part-specific roots: ``dataverse.errors.DataverseError``, ``spool.SpoolError``,
+         ``sync`` and ``panel`` errors)
 
 Each class carries a one-line docstring used as its default message. Driver errors are wrapped
 at one boundary per part (``db.py`` for psycopg, ``dataverse/errors.py`` for httpx), keeping the

@@ -17,47 +17,98 @@ Synchronous facade (application code is often synchronous)::
     record(metric)                                         # one-off, opens and closes
 
 Recording a run id again updates its values and makes it pending again (re-exported).
+
+Recording never raises into application code, and never replaces the application's own
+exception: when PostgreSQL is away (down, unreachable, database missing, even at open) runs go
+to a durable local spool (:mod:`apex_metrics.spool`) and the problem is logged once; the
+recorder reconnects with back-off and delivers the spool in order (an upsert by run_id, so
+nothing is doubled). ``strict=True`` (``Recorder``, ``SyncRecorder``, ``record``) raises instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import random
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
-from fractions import Fraction
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from apex_metrics.db import Q, database_url, describe, open_pool, wrap_query_error
-from apex_metrics.exceptions import ApexMetricsError, FieldError, MetricValidationError
+from apex_metrics.exceptions import (
+    ApexMetricsError,
+    ConfigError,
+    FieldError,
+    MetricValidationError,
+)
 from apex_metrics.metric import FIELD_NAMES, Metric, parse_metric
+from apex_metrics.problems import ProblemLog, one_line
+from apex_metrics.spool import DEFAULT_MAX_BYTES, REJECTED, Spool, default_spool_dir
+from apex_metrics.spool_delivery import flush, is_refusal
+from apex_metrics.tracker import P95, AgentCall, RunTracker, mean_rounded, percentile_cont
+
+__all__ = [
+    "P95",
+    "AgentCall",
+    "BulkResult",
+    "RecordResult",
+    "Recorder",
+    "RecorderStats",
+    "RunTracker",
+    "SyncRecorder",
+    "SyncRunTracker",
+    "mean_rounded",
+    "metric_params",
+    "percentile_cont",
+    "prepare_stage",
+    "record",
+    "to_metric",
+    "upsert_stage",
+    "validate_many",
+    "write_metrics",
+]
 
 T = TypeVar("T")
 MetricInput = Metric | Mapping[str, Any]
+RunStatus = Literal["recorded", "spooled", "refused", "rejected"]
+log = logging.getLogger("apex_metrics.recorder")
 
 
 @dataclass(frozen=True, slots=True)
 class RecordResult:
-    """Where a recorded run landed: row id, its version, and whether the row is new."""
+    """Where a run landed. ``status``: ``recorded`` (row ``id`` at ``version``; ``inserted`` when
+    new), ``spooled`` (kept in the local spool, delivered once PostgreSQL answers), ``refused``
+    (the spool is full or unwritable: the run is lost, logged as an error) or ``rejected``
+    (invalid, or refused by the database: logged)."""
 
-    id: int
-    version: int
+    id: int | None
+    version: int | None
     inserted: bool
+    status: RunStatus = "recorded"
+
+    @classmethod
+    def not_recorded(cls, status: RunStatus) -> RecordResult:
+        return cls(None, None, False, status)
 
 
 @dataclass(frozen=True, slots=True)
 class BulkResult:
-    """What a bulk write did."""
+    """What a bulk write did (``spooled``, ``refused``, ``rejected``: as in RecordResult)."""
 
     inserted: int
     updated: int
+    spooled: int = 0
+    refused: int = 0
+    rejected: int = 0
 
     @property
     def written(self) -> int:
@@ -121,30 +172,116 @@ async def write_metrics(conn: AsyncConnection[Any], metrics: Iterable[Metric]) -
         return await upsert_stage(conn)
 
 
+@dataclass
+class RecorderStats:
+    """Runs this recorder wrote, spooled, delivered from the spool, refused (spool full: lost)
+    and rejected (invalid, or refused by the database)."""
+
+    recorded: int = 0
+    spooled: int = 0
+    delivered: int = 0
+    refused: int = 0
+    rejected: int = 0
+
+
 # ------------------------------------------------------------------------------------------------
 # Async recorder
 
 
 class Recorder:
-    """Records campaign runs in PostgreSQL. Open it with ``async with`` (or ``open``/``close``)."""
+    """Records campaign runs in PostgreSQL. Open it with ``async with`` (or ``open``/``close``).
 
-    def __init__(self, url: str | None = None, *, max_connections: int = 4) -> None:
+    Unless ``strict``, nothing here raises into the caller: when PostgreSQL does not answer (at
+    open or later), runs go to the durable local spool (``spool``, default ``APEX_SPOOL_DIR``),
+    the problem is logged once, and a background task reconnects with back-off and delivers the
+    spool, in order, before new runs go straight to the database again. ``strict=True`` raises
+    instead (and never spools).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        max_connections: int = 4,
+        strict: bool = False,
+        spool: Spool | Path | str | None = None,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+        acquire_timeout: float = 5.0,
+        close_timeout: float = 10.0,
+    ) -> None:
         self._url = url
         self._max = max_connections
+        self.strict = strict
         self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._pool_cm: Any = None
+        self._stale: list[Any] = []  # pools of a lost database, closed by the worker
+        self._spool_path = None if isinstance(spool, Spool) else spool
+        self._spool: Spool | None = spool if isinstance(spool, Spool) else None
+        self._opened = False
+        self._backlog = False  # spooled runs go first: new runs queue behind them
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._retry = (retry_initial, retry_max)
+        self._acquire_timeout = acquire_timeout
+        self._close_timeout = close_timeout
+        self.problems = ProblemLog(log)
+        self.stats = RecorderStats()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def spool(self) -> Spool:
+        if self._spool is None:
+            try:
+                self._spool = Spool(self._spool_path)
+            except ApexMetricsError as exc:  # invalid APEX_SPOOL_* settings
+                self._spool = Spool(default_spool_dir(), max_bytes=DEFAULT_MAX_BYTES)
+                log.error("apex-metrics recorder: %s; spooling to %s", one_line(exc), self._spool)
+        return self._spool
+
+    async def _open_pool(self) -> None:
+        url = database_url(self._url)
+        self._url = url
+        pool_cm = open_pool(url, min_size=1, max_size=self._max, check_connections=False)
+        self._pool = await pool_cm.__aenter__()
+        self._pool_cm = pool_cm
 
     async def open(self) -> None:
-        if self._pool is None:
-            self._url = database_url(self._url)
-            pool_cm = open_pool(self._url, min_size=1, max_size=self._max, check_connections=False)
-            self._pool = await pool_cm.__aenter__()
-            self._pool_cm = pool_cm
+        if self._opened:
+            return
+        if self.strict:
+            await self._open_pool()
+            self._opened = True
+            return
+        self._opened = True
+        self._closing = asyncio.Event()
+        try:
+            await self._open_pool()
+        except Exception as exc:
+            self._offline(exc)
+            return
+        self._check_spool()
 
     async def close(self) -> None:
+        self._opened = False
+        self._closing.set()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            # let a delivery under way finish (bounded); a cut one is simply delivered again
+            await asyncio.wait({worker}, timeout=self._close_timeout)
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        await self._close_stale()
         if self._pool_cm is not None:
             cm, self._pool_cm, self._pool = self._pool_cm, None, None
-            await cm.__aexit__(None, None, None)
+            try:
+                await cm.__aexit__(None, None, None)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                log.debug("apex-metrics recorder: closing the pool: %s", one_line(exc))
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -154,6 +291,11 @@ class Recorder:
         await self.close()
 
     @property
+    def backlog(self) -> bool:
+        """Whether runs wait in the spool (new runs queue behind them until they are delivered)."""
+        return self._backlog
+
+    @property
     def pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
         if self._pool is None:
             raise ApexMetricsError(
@@ -161,15 +303,41 @@ class Recorder:
             )
         return self._pool
 
+    # --- recording ----------------------------------------------------------------------------
+
     async def record(self, item: MetricInput) -> RecordResult:
-        """Insert the run, or update it by run_id; either way it becomes pending."""
-        params = metric_params(to_metric(item))
+        """Insert the run, or update it by run_id; either way it becomes pending. Unless strict,
+        a run that cannot be written now is spooled (``status="spooled"``)."""
+        if self.strict:
+            return await self._upsert(to_metric(item))
+        try:
+            metric = to_metric(item)
+        except Exception as exc:
+            self.report_invalid(exc, 1)
+            return RecordResult.not_recorded("rejected")
+        if self._pool is not None and not self._backlog:
+            try:
+                result = await self._upsert(metric)
+            except Exception as exc:
+                if is_refusal(exc):
+                    await self._refused_by_database([metric], exc)
+                    return RecordResult.not_recorded("rejected")
+                self._offline(exc)
+            else:
+                self.stats.recorded += 1
+                self._check_spool()
+                return result
+        return RecordResult.not_recorded(await self._spool_runs([metric]))
+
+    async def _upsert(self, metric: Metric) -> RecordResult:
+        params = metric_params(metric)
+        timeout = None if self.strict else self._acquire_timeout
         # A pooled connection may have died while idle (server restart, idle timeout): such a
         # failure is retried on another connection. Re-running the upsert is harmless.
         for attempt in range(self._max + 1):
             broken = False
             try:
-                async with self.pool.connection() as conn:
+                async with self.pool.connection(timeout=timeout) as conn:
                     try:
                         cur = await conn.execute(Q["upsert_metric"], params)
                         row = await cur.fetchone()
@@ -185,12 +353,40 @@ class Recorder:
         raise AssertionError("unreachable")
 
     async def record_many(self, items: Iterable[MetricInput]) -> BulkResult:
-        """Validate every item, then write them all through COPY in one transaction."""
-        metrics = validate_many(items)
+        """Validate every item, then write them all through COPY in one transaction. Unless
+        strict, invalid input is logged (nothing written) and an unreachable database spools."""
+        if self.strict:
+            return await self._write_many(validate_many(items))
+        items = list(items)
+        try:
+            metrics = validate_many(items)
+        except Exception as exc:
+            self.report_invalid(exc, len(items))
+            return BulkResult(0, 0, rejected=len(items))
         if not metrics:
             return BulkResult(0, 0)
+        if self._pool is not None and not self._backlog:
+            try:
+                result = await self._write_many(metrics)
+            except Exception as exc:
+                if is_refusal(exc):
+                    await self._refused_by_database(metrics, exc)
+                    return BulkResult(0, 0, rejected=len(metrics))
+                self._offline(exc)
+            else:
+                self.stats.recorded += result.written
+                self._check_spool()
+                return result
+        status = await self._spool_runs(metrics)
+        spooled = len(metrics) if status == "spooled" else 0
+        return BulkResult(0, 0, spooled=spooled, refused=len(metrics) - spooled)
+
+    async def _write_many(self, metrics: list[Metric]) -> BulkResult:
+        if not metrics:
+            return BulkResult(0, 0)
+        timeout = None if self.strict else self._acquire_timeout
         try:
-            async with self.pool.connection() as conn:
+            async with self.pool.connection(timeout=timeout) as conn:
                 return await write_metrics(conn, metrics)
         except psycopg.Error as exc:
             raise wrap_query_error(exc, describe(self._url or "")) from exc
@@ -199,100 +395,132 @@ class Recorder:
         """A context manager collecting per-agent calls; the run is recorded on exit."""
         return RunTracker(self, campaign_id, run_id, **fields)
 
+    # --- what happens instead of raising ------------------------------------------------------
 
-# ------------------------------------------------------------------------------------------------
-# Run tracker
+    def report_invalid(self, exc: Exception, count: int) -> None:
+        self.stats.rejected += count
+        self.problems.report(
+            "invalid", logging.ERROR, f"apex-metrics recorder: {count} run(s) not recorded: {exc}"
+        )
 
+    async def _refused_by_database(self, metrics: list[Metric], exc: Exception) -> None:
+        self.stats.rejected += len(metrics)
+        reason = f"refused by the database: {one_line(exc)}"
+        try:
+            await asyncio.to_thread(self.spool.reject_runs, [(m, reason) for m in metrics])
+            kept = f"; kept in {self.spool.path / REJECTED}"
+        except Exception as err:
+            kept = f"; and could not be kept aside: {one_line(err)}"
+        self.problems.report(
+            "refused", logging.ERROR, f"apex-metrics recorder: {len(metrics)} run(s) {reason}{kept}"
+        )
 
-def mean_rounded(values: list[Fraction]) -> int:
-    """The exact mean, rounded half-even to a whole number."""
-    return round(sum(values, Fraction(0)) / len(values))
+    def spool_now(self, metrics: list[Metric], *, why: str | None = None) -> RunStatus:
+        """Append runs to the spool (blocking; any thread). Returns "spooled", or "refused" when
+        they could not be kept (spool full or unwritable: logged as an error)."""
+        try:
+            self.spool.append(metrics)
+        except Exception as exc:
+            self.stats.refused += len(metrics)
+            ids = ", ".join(m.run_id for m in metrics[:5]) + (", …" if len(metrics) > 5 else "")
+            self.problems.report(
+                "spool",
+                logging.ERROR,
+                f"apex-metrics recorder: {len(metrics)} run(s) LOST ({ids}): {one_line(exc)}",
+                interval=10.0,
+            )
+            return "refused"
+        self.stats.spooled += len(metrics)
+        if self.problems.clear("spool"):
+            log.warning("apex-metrics recorder: the spool takes runs again (%s)", self.spool.path)
+        if why is not None:
+            self.problems.report(
+                "facade", logging.WARNING, f"apex-metrics recorder: {why}; run(s) spooled to "
+                f"{self.spool.path} (`apex-metrics spool flush` delivers them)",
+            )  # fmt: skip
+        return "spooled"
 
+    async def _spool_runs(self, metrics: list[Metric]) -> RunStatus:
+        why = None if self._opened else "the recorder is not open"
+        status = await asyncio.to_thread(self.spool_now, metrics, why=why)
+        if status == "spooled":
+            self.note_backlog()
+        return status
 
-def percentile_cont(values: list[Fraction], fraction: Fraction) -> Fraction:
-    """PostgreSQL's ``percentile_cont``: linear interpolation between the two nearest ranks."""
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low = int(position)  # floor: position >= 0
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+    def note_backlog(self) -> None:
+        """Runs are waiting in the spool: queue new runs behind them and deliver them soon."""
+        self._backlog = True
+        if self._opened and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name="apex-recorder-spool"
+            )
 
+    def _check_spool(self) -> None:
+        try:
+            waiting = self.spool.has_runs()
+        except OSError:
+            return
+        if waiting:
+            self.note_backlog()
 
-P95 = Fraction(95, 100)
+    def _offline(self, exc: Exception) -> None:
+        if self._pool_cm is not None:
+            self._stale.append(self._pool_cm)
+        self._pool = self._pool_cm = None
+        self.problems.report(
+            "database", logging.WARNING, f"apex-metrics recorder: PostgreSQL is unavailable "
+            f"({one_line(exc)}); runs go to the spool {self.spool.path} until it answers",
+        )  # fmt: skip
+        if isinstance(exc, ConfigError):
+            return  # no database to wait for: `apex-metrics spool flush` delivers later
+        self.note_backlog()
 
+    async def _close_stale(self) -> None:
+        while self._stale:
+            cm = self._stale.pop()
+            try:
+                await cm.__aexit__(None, None, None)
+            except Exception as exc:
+                log.debug("apex-metrics recorder: closing a lost pool: %s", one_line(exc))
 
-@dataclass
-class AgentCall:
-    tokens_in: int = 0
-    tokens_out: int = 0
-    latency_ms: Fraction | None = None
-    success: bool = True
-    cost_usd: Decimal = Decimal(0)
-
-
-@dataclass
-class RunTracker:
-    """Collects one run's agent calls; on exit records the run (also when the block raised, with
-    that failure counted as one unsuccessful agent) and lets any exception propagate."""
-
-    recorder: Recorder
-    campaign_id: str
-    run_id: str
-    phase: str | None = None
-    assets_generated: int = 0
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    calls: list[AgentCall] = field(default_factory=list)
-    result: RecordResult | None = None
-
-    def call(
-        self,
-        *,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-        latency_ms: float | int | Decimal | None = None,
-        success: bool = True,
-        cost_usd: Decimal | float | int | str = 0,
-    ) -> None:
-        """One agent call of this run."""
-        latency = None if latency_ms is None else Fraction(Decimal(str(latency_ms)))
-        cost = Decimal(str(cost_usd))
-        self.calls.append(AgentCall(tokens_in, tokens_out, latency, success, cost))
-
-    def add_assets(self, count: int = 1) -> None:
-        self.assets_generated += count
-
-    def failed(self) -> None:
-        """Count one failed agent (what an exception escaping the block does)."""
-        self.calls.append(AgentCall(success=False))
-
-    def metric(self) -> Metric:
-        """The run as it would be recorded now (validated)."""
-        latencies = [c.latency_ms for c in self.calls if c.latency_ms is not None]
-        values: dict[str, Any] = {
-            "campaign_id": self.campaign_id,
-            "run_id": self.run_id,
-            "phase": self.phase,
-            "agents_total": len(self.calls),
-            "agents_successful": sum(1 for c in self.calls if c.success),
-            "assets_generated": self.assets_generated,
-            "tokens_in": sum(c.tokens_in for c in self.calls),
-            "tokens_out": sum(c.tokens_out for c in self.calls),
-            "cost_usd": sum((c.cost_usd for c in self.calls), Decimal(0)),
-            "latency_avg_ms": mean_rounded(latencies) if latencies else None,
-            "latency_p95_ms": round(percentile_cont(latencies, P95)) if latencies else None,
-            "created_at": self.created_at,
-        }
-        return parse_metric(values)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        if exc is not None:
-            self.failed()
-        self.result = await self.recorder.record(self.metric())
+    async def _work(self) -> None:
+        """Reconnect with back-off, deliver the spool, then let runs go straight through again."""
+        delay = self._retry[0]
+        while self._opened:
+            await self._close_stale()
+            try:
+                if self._pool is None:
+                    await self._open_pool()
+                async with self.pool.connection(timeout=self._acquire_timeout) as conn:
+                    report = await flush(self.spool, conn)
+            except Exception as exc:
+                self._offline(exc)
+                if isinstance(exc, ConfigError):
+                    return
+                pause = delay * random.uniform(0.5, 1.0)
+                delay = min(delay * 2, self._retry[1])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), pause)
+                continue
+            delay = self._retry[0]
+            self.stats.delivered += report.delivered
+            self.stats.rejected += report.rejected
+            back = self.problems.clear("database")
+            if back or report.delivered:
+                log.log(
+                    logging.WARNING if back else logging.INFO,
+                    "apex-metrics recorder: PostgreSQL answers%s; delivered %d spooled run(s)",
+                    " again" if back else "",
+                    report.delivered,
+                )
+            if report.busy:  # another process is flushing (our runs too): look again shortly
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), 0.2)
+                continue
+            if self.spool.has_runs():  # spooled while we flushed
+                continue
+            self._backlog = False  # no await between the check above and this line
+            return
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,20 +529,51 @@ class RunTracker:
 
 class SyncRecorder:
     """Synchronous face of :class:`Recorder`, safe to use from any thread (and from code that
-    already runs an event loop)."""
+    already runs an event loop). Unless ``strict``, it never raises either: a run it cannot hand
+    to the recorder (not open, closed, timed out) is spooled from the calling thread."""
 
-    def __init__(self, url: str | None = None, *, timeout: float = 60.0) -> None:
-        self._recorder = Recorder(url)
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        timeout: float = 60.0,
+        strict: bool = False,
+        spool: Spool | Path | str | None = None,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+        acquire_timeout: float = 5.0,
+    ) -> None:
+        self._recorder = Recorder(
+            url,
+            strict=strict,
+            spool=spool,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+            acquire_timeout=acquire_timeout,
+        )
+        self.strict = strict
         self._timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder
+
+    @property
+    def stats(self) -> RecorderStats:
+        return self._recorder.stats
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
             coro.close()
             raise ApexMetricsError("the recorder is not open", hint="use `with SyncRecorder(...)`")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(self._timeout)
+        try:
+            return future.result(self._timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
 
     def open(self) -> None:
         if self._loop is not None:
@@ -326,8 +585,10 @@ class SyncRecorder:
         try:
             self._run(self._recorder.open())
         except BaseException:
-            self.close()
-            raise
+            if self.strict:
+                self.close()
+                raise
+            log.exception("apex-metrics recorder: opening failed; runs will be spooled")
 
     def close(self) -> None:
         loop, thread = self._loop, self._thread
@@ -335,6 +596,10 @@ class SyncRecorder:
             return
         try:
             asyncio.run_coroutine_threadsafe(self._recorder.close(), loop).result(self._timeout)
+        except Exception:
+            if self.strict:
+                raise
+            log.exception("apex-metrics recorder: closing failed")
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(self._timeout)
@@ -353,11 +618,44 @@ class SyncRecorder:
     ) -> None:
         self.close()
 
+    def _spool_here(self, items: list[MetricInput], exc: Exception) -> RunStatus:
+        """Spool from the calling thread (the recorder's loop cannot take the runs)."""
+        try:
+            metrics = validate_many(items)
+        except Exception as err:
+            self._recorder.report_invalid(err, len(items))
+            return "rejected"
+        status = self._recorder.spool_now(metrics, why=one_line(exc))
+        loop = self._loop
+        if status == "spooled" and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._recorder.note_backlog)
+        return status
+
     def record(self, item: MetricInput) -> RecordResult:
-        return self._run(self._recorder.record(item))
+        if self.strict:
+            return self._run(self._recorder.record(item))
+        try:
+            return self._run(self._recorder.record(item))
+        except Exception as exc:
+            return RecordResult.not_recorded(self._spool_here([item], exc))
 
     def record_many(self, items: Iterable[MetricInput]) -> BulkResult:
-        return self._run(self._recorder.record_many(list(items)))
+        items = list(items)
+        if self.strict:
+            return self._run(self._recorder.record_many(items))
+        try:
+            return self._run(self._recorder.record_many(items))
+        except Exception as exc:
+            status = self._spool_here(items, exc)
+            count = len(items)
+            return BulkResult(
+                0,
+                0,
+                spooled=count if status == "spooled" else 0,
+                refused=count if status == "refused" else 0,
+                rejected=count if status == "rejected" else 0,
+            )
 
     def track(self, campaign_id: str, run_id: str, **fields: Any) -> SyncRunTracker:
         return SyncRunTracker(self, RunTracker(self._recorder, campaign_id, run_id, **fields))
@@ -381,13 +679,30 @@ class SyncRunTracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._owner._run(self._exit(exc))
+        if exc is not None:
+            self.tracker.failed()
+        try:
+            self._owner._run(self.tracker.finish(exc))
+        except Exception as err:
+            if self._owner.strict:
+                if exc is None:
+                    raise
+                log.error(
+                    "apex-metrics recorder: run %s not recorded (%s); the block's exception "
+                    "follows",
+                    self.tracker.run_id,
+                    one_line(err),
+                )
+                return
+            try:
+                metric: MetricInput = self.tracker.metric()
+            except MetricValidationError as invalid:
+                self._owner._recorder.report_invalid(invalid, 1)
+                return
+            self._owner._spool_here([metric], err)
 
-    async def _exit(self, exc: BaseException | None) -> None:
-        await self.tracker.__aexit__(type(exc) if exc else None, exc, None)
 
-
-def record(item: MetricInput, *, url: str | None = None) -> RecordResult:
+def record(item: MetricInput, *, url: str | None = None, strict: bool = False) -> RecordResult:
     """Record one run from synchronous code (opens and closes its own connection pool)."""
-    with SyncRecorder(url) as recorder:
+    with SyncRecorder(url, strict=strict) as recorder:
         return recorder.record(item)

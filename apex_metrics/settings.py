@@ -103,6 +103,41 @@ class Settings(BaseSettings):
         default=30, ge=1, description="Days of sync run history to keep"
     )
 
+    # --- Recorder spool -----------------------------------------------------------------------
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Directory where the recorder keeps runs while PostgreSQL is away (unset: "
+        "the user's state directory, ~/.local/state/apex-metrics/spool on Linux)",
+    )
+    spool_max_bytes: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Most bytes the spool holds; past it new runs are refused (and logged as "
+        "errors), the spooled ones are kept",
+    )
+
+    # --- OTLP receiver (apex-metrics collect) --------------------------------------------------
+    ingest_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token `collect` requires on POST /v1/traces and GET /metrics "
+        "(mandatory off loopback)",
+    )
+    collect_idle_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds without a new span after which `collect` finalises a trace "
+        "(writes its run, then forgets it; later spans of it are rejected as late)",
+    )
+    collect_max_spans: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most span ids `collect` holds in memory over all traces (then 503 until "
+        "written traces can be dropped)",
+    )
+    collect_max_traces: int = Field(
+        default=100_000, ge=1, description="Most traces `collect` holds in memory"
+    )
+
     # --- Panel and logs -----------------------------------------------------------------------
     panel_token: SecretStr | None = Field(
         default=None, description="Token required by the panel (mandatory off loopback)"

@@ -120,11 +120,14 @@ def empty_database_url() -> Iterator[str]:
 def _clean_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """No ``APEX_*`` variable leaks in, settings are re-read, and each test has its own cwd."""
+    """No ``APEX_*`` variable leaks in, settings are re-read, and each test has its own cwd (and
+    its own state directory, where the recorder spools by default)."""
     for key in list(os.environ):
         if key.upper().startswith("APEX_"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    # the recorder's default spool lives in the user's state directory: keep it per test
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

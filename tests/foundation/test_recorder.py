@@ -102,7 +102,7 @@ async def test_notify_carries_ids_only(database_url: str) -> None:
 async def test_record_many_is_all_or_nothing(database_url: str) -> None:
     rows = [{"campaign_id": "c", "run_id": f"m-{n}", "tokens_in": n} for n in range(10)]
     rows[7]["tokens_in"] = -1
-    async with Recorder(database_url) as rec:
+    async with Recorder(database_url, strict=True) as rec:
         with pytest.raises(MetricValidationError) as info:
             await rec.record_many(rows)
         assert [(e.line, e.field) for e in info.value.errors] == [(8, "tokens_in")]
@@ -119,7 +119,7 @@ async def test_record_many_is_all_or_nothing(database_url: str) -> None:
 
 async def test_record_many_rejects_a_repeated_run_id(database_url: str) -> None:
     rows = [{"campaign_id": "c", "run_id": "same"}, {"campaign_id": "c", "run_id": "same"}]
-    async with Recorder(database_url) as rec:
+    async with Recorder(database_url, strict=True) as rec:
         with pytest.raises(MetricValidationError, match="item 1"):
             await rec.record_many(rows)
 
@@ -137,7 +137,7 @@ async def test_sql_looking_strings_are_stored_verbatim(database_url: str) -> Non
 
 async def test_unmigrated_database_is_named(empty_database_url: str) -> None:
     with pytest.raises(SchemaNotMigrated, match="has no apex-metrics schema") as info:
-        async with Recorder(empty_database_url):
+        async with Recorder(empty_database_url, strict=True):
             pass
     assert "db migrate" in info.value.one_line()
 
@@ -211,7 +211,7 @@ async def test_sync_facade_works_inside_a_running_loop(database_url: str) -> Non
 
 
 def test_sync_facade_failing_to_open_cleans_up(empty_database_url: str) -> None:
-    recorder = SyncRecorder(empty_database_url)
+    recorder = SyncRecorder(empty_database_url, strict=True)
     with pytest.raises(SchemaNotMigrated):
         recorder.open()
     recorder.close()  # nothing left to close; must not raise

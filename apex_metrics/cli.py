@@ -1163,5 +1163,17 @@ def main() -> None:
             traceback.print_exc()
         err_console.print(f"error: {exc.one_line()}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
+    except ModuleNotFoundError as exc:  # an optional extra is not installed
+        from apex_metrics.extras import missing_extra
+
+        error = missing_extra(exc, sys.argv[1:])
+        if error is None:
+            raise
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(
+            f"error: {error.one_line()}", markup=False, highlight=False, soft_wrap=True
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -58,6 +58,14 @@ BENCHES = (
         ("bench/sync_bench.py", "--quick"),
     ),
     Bench(
+        "collect", "OTLP ingest: `collect` (issue 15)",
+        "≥ 10,000 spans/s through `collect` (protobuf, 10 model calls per trace), judged on "
+        "requests encoded ahead so that the exporters' CPU is not the bound; the SDK exporter's "
+        "own rate and the co-located run alongside",
+        ("bench/collect_bench.py",),
+        ("bench/collect_bench.py", "--traces", "500"),
+    ),
+    Bench(
         "reliability", "Reliability soak (issue: Sync engine)",
         "lost = duplicated = stale = 0 after faults and SIGKILLs",
         ("bench/reliability_soak.py",),

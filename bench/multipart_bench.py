@@ -24,17 +24,15 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apex_metrics.dataverse.batching import decode_upserts, dumps, encode_upserts
-from apex_metrics.dataverse.multipart import (
+from apex_metrics.dataverse.multipart_decode import decode_batch_request, decode_batch_response
+from apex_metrics.dataverse.multipart_encode import encode_batch_request, encode_batch_response
+from apex_metrics.dataverse.multipart_parts import (
     BatchPart,
     BatchRequestItem,
     BatchResponseItem,
     BatchResponsePart,
     ChangeSet,
     ChangeSetResponse,
-    decode_batch_request,
-    decode_batch_response,
-    encode_batch_request,
-    encode_batch_response,
     flatten_responses,
 )
 

@@ -20,12 +20,11 @@ from typing import Any, Literal
 import httpx
 
 from apex_metrics.dataverse.errors import DataverseError, error_for_status, parse_error_body
-from apex_metrics.dataverse.multipart import (
+from apex_metrics.dataverse.multipart_decode import decode_batch_response, decode_response_statuses
+from apex_metrics.dataverse.multipart_encode import encode_uniform_requests
+from apex_metrics.dataverse.multipart_parts import (
     BatchResponseItem,
     MultipartError,
-    decode_batch_response,
-    decode_response_statuses,
-    encode_uniform_requests,
     flatten_responses,
 )
 from apex_metrics.dataverse.urls import key_path, key_paths

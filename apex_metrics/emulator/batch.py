@@ -18,21 +18,22 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from apex_metrics.dataverse.multipart import (
+from apex_metrics.emulator.batch_upserts import Upserts
+from apex_metrics.emulator.batch_wire import (
     BatchPart,
     BatchResponseItem,
     BatchResponsePart,
     ChangeSet,
     ChangeSetResponse,
-    MultipartError,
-    decode_batch_request,
-    encode_batch_response,
+    MalformedBatch,
+    decode_request,
+    encode_response,
 )
-from apex_metrics.emulator.batch_upserts import Upserts
 from apex_metrics.emulator.errors import UNKNOWN_PROPERTY, ApiError, bad_request
 from apex_metrics.emulator.messages import (
     ApiRequest,
     ApiResponse,
+    ascii_headers,
     returns_representation,
     split_target,
 )
@@ -50,7 +51,8 @@ class _ChangeSetFailed(Exception):
 
 
 def _item(response: ApiResponse, content_id: str | None = None) -> BatchResponseItem:
-    return BatchResponseItem(response.status, response.headers, response.body, content_id)
+    headers = ascii_headers(response.headers)
+    return BatchResponseItem(response.status, headers, response.body, content_id)
 
 
 def _error_item(exc: ApiError, content_id: str | None = None) -> BatchResponseItem:
@@ -107,8 +109,8 @@ def run_batch(request: ApiRequest, store: Store, dispatch: Dispatch) -> ApiRespo
 
 def _run_batch(request: ApiRequest, store: Store, dispatch: Dispatch) -> ApiResponse:
     try:
-        items = decode_batch_request(request.body, request.header("content-type"))
-    except MultipartError as exc:
+        items = decode_request(request.body, request.header("content-type"))
+    except MalformedBatch as exc:
         raise bad_request(f"The batch request is malformed: {exc}") from None
     total = sum(len(i.parts) if isinstance(i, ChangeSet) else 1 for i in items)
     if total > MAX_REQUESTS:
@@ -140,7 +142,7 @@ def _run_batch(request: ApiRequest, store: Store, dispatch: Dispatch) -> ApiResp
                 failed = True
                 break
             responses.append(result)
-    body, content_type = encode_batch_response(responses)
+    body, content_type = encode_response(responses)
     headers = {"Content-Type": content_type, "OData-Version": "4.0"}
     if keep_going:
         headers["Preference-Applied"] = "odata.continue-on-error"

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from apex_metrics.dataverse.multipart import BatchPart, BatchRequestItem
 from apex_metrics.emulator import rows
+from apex_metrics.emulator.batch_wire import BatchPart, BatchRequestItem
 from apex_metrics.emulator.errors import ApiError, bad_request
 from apex_metrics.emulator.messages import (
     ApiRequest,

@@ -223,7 +223,7 @@ def parse_orderby(entity: Entity, text: str | None, aliases: set[str] | None = N
 def parse_top(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise bad_request(
             f"Invalid value for $top: '{text[:50]}'. Expected a non-negative integer."
         )

@@ -16,14 +16,9 @@ from hypothesis import strategies as st
 
 from apex_metrics.dataverse.batching import batch_dumps, dumps, encode_upserts, without_keys
 from apex_metrics.dataverse.client import DataverseClient
-from apex_metrics.dataverse.multipart import (
-    BatchPart,
-    BatchRequestItem,
-    BatchResponseItem,
-    decode_batch_request,
-    encode_batch_request,
-    encode_batch_response,
-)
+from apex_metrics.dataverse.multipart_decode import decode_batch_request
+from apex_metrics.dataverse.multipart_encode import encode_batch_request, encode_batch_response
+from apex_metrics.dataverse.multipart_parts import BatchPart, BatchRequestItem, BatchResponseItem
 from apex_metrics.dataverse.urls import key_path, key_paths
 
 MakeClient = Callable[..., DataverseClient]

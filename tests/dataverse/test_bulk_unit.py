@@ -11,12 +11,9 @@ import pytest
 
 from apex_metrics.dataverse import errors as e
 from apex_metrics.dataverse.client import DataverseClient
-from apex_metrics.dataverse.multipart import (
-    BatchPart,
-    BatchResponseItem,
-    decode_batch_request,
-    encode_batch_response,
-)
+from apex_metrics.dataverse.multipart_decode import decode_batch_request
+from apex_metrics.dataverse.multipart_encode import encode_batch_response
+from apex_metrics.dataverse.multipart_parts import BatchPart, BatchResponseItem
 
 pytestmark = pytest.mark.unit
 

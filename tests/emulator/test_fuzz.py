@@ -11,12 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apex_metrics.dataverse.multipart import (
-    BatchPart,
-    ChangeSet,
-    MultipartError,
-    decode_batch_request,
-)
+from apex_metrics.dataverse.multipart_decode import decode_batch_request
+from apex_metrics.dataverse.multipart_parts import BatchPart, ChangeSet, MultipartError
 from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table

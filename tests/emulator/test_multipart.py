@@ -12,7 +12,18 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from apex_metrics.dataverse.multipart import (
+from apex_metrics.dataverse.multipart_decode import (
+    decode_batch_request,
+    decode_batch_response,
+    decode_response_statuses,
+    parse_boundary,
+)
+from apex_metrics.dataverse.multipart_encode import (
+    encode_batch_request,
+    encode_batch_response,
+    encode_uniform_requests,
+)
+from apex_metrics.dataverse.multipart_parts import (
     BatchPart,
     BatchRequestItem,
     BatchResponseItem,
@@ -20,14 +31,7 @@ from apex_metrics.dataverse.multipart import (
     ChangeSet,
     ChangeSetResponse,
     MultipartError,
-    decode_batch_request,
-    decode_batch_response,
-    decode_response_statuses,
-    encode_batch_request,
-    encode_batch_response,
-    encode_uniform_requests,
     flatten_responses,
-    parse_boundary,
 )
 
 ORG = "https://org.crm.dynamics.com"

@@ -7,7 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from apex_metrics.dataverse.multipart import BatchPart, encode_batch_request
+from apex_metrics.dataverse.multipart_encode import encode_batch_request
+from apex_metrics.dataverse.multipart_parts import BatchPart
 from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table

@@ -7,18 +7,18 @@ Creates a scratch database on the server of ``--admin-url`` (default: the local 
 migrates it, generates a CSV of ``--rows`` runs, then times, in one run:
 
 1. raw COPY of the file into a bare 13-column table (no constraints, indexes or triggers);
-2. the same into the bare table plus only what the data contract requires of
-   ``campaign_metrics``: the identity primary key and the unique ``run_id`` index, then also
-   the two other named indexes (``exported_at``, ``created_at``). These show how much of the
-   bare rate any table honouring the contract can keep;
-3. raw COPY of the file straight into the real ``campaign_metrics`` (all its indexes, CHECKs
-   and triggers: a floor for any import into that table);
-4. ``apex-metrics import FILE`` (a subprocess: validation, staging, upsert, commit), new rows and
-   then all updates;
-5. ``Recorder.record`` one run at a time, and ``record_many`` in one call.
+2. the same into the contract's floor table: the 13 columns plus the identity primary key, the
+   unique ``run_id`` index and the ``exported_at`` and ``created_at`` indexes: what any table
+   honouring the data contract costs (the goals are stated against it);
+3. raw COPY of the file straight into the real ``campaign_metrics``;
+4. ``apex-metrics import FILE`` (a subprocess: validation, COPY, commit), new rows and then all
+   updates;
+5. ``Recorder.record`` one run at a time over one connection, against a bare single-row
+   ``INSERT … ON CONFLICT (run_id)`` into the floor table (autocommit, one connection);
+6. ``record_many`` in one call, against a raw COPY of the same rows into the floor table.
 
-Prints rows/s of each and the import/raw ratios. The scratch database is dropped at the end.
-Not a test: figures vary with the machine and its load.
+Prints rows/s of each and the ratios to their goals (each >= 0.5). The scratch database is dropped
+at the end. Not a test: figures vary with the machine and its load.
 """
 
 from __future__ import annotations
@@ -103,6 +103,33 @@ def execute(url: str, query: str) -> None:
         conn.execute(query.encode())
 
 
+FLOOR_UPSERT = """
+INSERT INTO bench_named (campaign_id, run_id, tokens_in) VALUES (%s, %s, %s)
+ON CONFLICT (run_id) DO UPDATE SET tokens_in = EXCLUDED.tokens_in
+"""
+
+
+def floor_rates(url: str, single: int, bulk: int) -> tuple[float, float]:
+    """Bare single-row upserts and a raw COPY of ``bulk`` rows into the floor table."""
+    execute(url, "TRUNCATE bench_named")
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        for n in range(single):
+            conn.execute(FLOOR_UPSERT, ("bench", f"one-{n}", n))
+        one = single / (time.perf_counter() - started)
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        nulls = (None,) * 4  # the values record_many writes for these runs, in FIELD_NAMES order
+        with (
+            conn.transaction(),
+            conn.cursor().copy(f"COPY bench_named ({COLUMNS}) FROM STDIN") as copy,
+        ):
+            for n in range(bulk):
+                copy.write_row(("bench", f"many-{n}", *nulls[:4], n, *nulls, None, now))
+        many = bulk / (time.perf_counter() - started)
+    return one, many
+
+
 async def record_rates(url: str, single: int, bulk: int) -> tuple[float, float]:
     async with Recorder(url, max_connections=1) as rec:
         started = time.perf_counter()
@@ -166,6 +193,7 @@ def main() -> None:
                 check=True, stdout=subprocess.DEVNULL, timeout=3600,
             )  # fmt: skip
             reimported = time.perf_counter() - started
+        floor_one, floor_many = floor_rates(url, args.single, args.bulk)
         one, many = asyncio.run(record_rates(url, args.single, args.bulk))
     finally:
         execute(args.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -174,18 +202,22 @@ def main() -> None:
     print(f"raw COPY into a bare table          {n / raw:>12,.0f} rows/s  ({raw:.2f} s)")
     print(f"  + primary key and unique run_id   {n / keys:>12,.0f} rows/s  ({keys:.2f} s)"
           f"  = {raw / keys:.2f} of bare")  # fmt: skip
-    print(f"  + exported_at, created_at indexes {n / named:>12,.0f} rows/s  ({named:.2f} s)"
+    print(f"  + exported_at, created_at (floor) {n / named:>12,.0f} rows/s  ({named:.2f} s)"
           f"  = {raw / named:.2f} of bare")  # fmt: skip
     print(f"raw COPY into campaign_metrics      {n / table:>12,.0f} rows/s  ({table:.2f} s)"
-          f"  = {raw / table:.2f} of bare")  # fmt: skip
+          f"  = {named / table:.2f} of floor")  # fmt: skip
     print(f"apex-metrics import (new rows)      {n / imported:>12,.0f} rows/s  ({imported:.2f} s)")
     print(
         f"apex-metrics import (all updates)   {n / reimported:>12,.0f} rows/s  ({reimported:.2f} s)"
     )
-    print(f"ratio import / raw bare COPY        {raw / imported:>12.2f}   (goal >= 0.5)")
-    print(f"ratio import / raw table COPY       {table / imported:>12.2f}")
-    print(f"record() one at a time              {one:>12,.0f} rows/s")
-    print(f"record_many ({args.bulk:,} rows)         {many:>12,.0f} rows/s")
+    print(f"ratio import / floor COPY           {named / imported:>12.2f}   (goal >= 0.5)")
+    print(f"ratio import / raw bare COPY        {raw / imported:>12.2f}")
+    print(f"bare INSERT ON CONFLICT (floor)     {floor_one:>12,.0f} rows/s  (one connection)")
+    print(f"record() one at a time              {one:>12,.0f} rows/s  = {one / floor_one:.2f}"
+          "   (goal >= 0.5)")  # fmt: skip
+    print(f"raw COPY of {args.bulk:,} rows (floor)    {floor_many:>12,.0f} rows/s")
+    print(f"record_many ({args.bulk:,} rows)         {many:>12,.0f} rows/s  = "
+          f"{many / floor_many:.2f}   (goal >= 0.5)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Live updates: a watcher notices changes in the source and a broadcaster pushes them by SSE.
 
-The watcher polls the source's cheap watermark (PostgreSQL: a sequence bumped by the rollup
-trigger, woken early by ``LISTEN apex_metrics_panel``; Dataverse: the newest ``modifiedon``)
-about every ``interval`` seconds. On a change it publishes one small ``change`` event; each open
+The watcher polls the source's cheap watermark (PostgreSQL: the log of hours the rollup
+refresher has not folded yet, which every panel-visible write appends to, woken early by
+``LISTEN apex_metrics_pending``; Dataverse: the newest ``modifiedon``) about every ``interval``
+seconds. On a change it publishes one small ``change`` event; each open
 page then re-reads the API with its own filters (Phoenix's watermark pattern, pushed instead of
 polled by the browser). The broadcaster keeps one bounded queue per subscriber and drops the
 oldest event when a slow client falls behind.

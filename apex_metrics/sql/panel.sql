@@ -1,67 +1,33 @@
 -- MetricsPanel queries (apex_metrics/panel/sources.py).
 --
--- A window [start, end) is read in three tiers: full UTC days [d1, d2) from the daily rollup,
--- the other full hours [h1, d1) and [d2, h2) from the hourly rollup, and the partial edge hours
--- [start, h1) and [h2, end) from raw rows (kpis.Window.tiers computes the bounds). Passing
--- d1 = d2 = h2 skips the daily tier; h1 = h2 = d1 = d2 = end reads raw rows only (short
--- windows, the benchmark's raw mode, or a campaign filter, which the latency histograms cannot serve).
+-- Every query reads its window through apex_metrics_panel_sums or apex_metrics_panel_hist
+-- (0009_rollup_off_write_path.sql): full UTC days [d1, d2) from the daily rollup, the other full
+-- hours [h1, d1) and [d2, h2) from the hourly rollup, partial edge hours [start, h1) and
+-- [h2, end) from raw rows, and hours the refresher has not folded yet (logged in
+-- apex_metrics_rollup_stale) from raw rows too, all in one snapshot: the figures equal SQL over
+-- campaign_metrics at every moment. kpis.Window.tiers computes the bounds; d1 = d2 = h2 skips
+-- the daily tier; h1 = h2 = d1 = d2 = end reads raw rows only (short windows, the benchmark's
+-- raw mode, or a campaign filter on a p95, which the latency histograms cannot serve).
 -- campaign and phase are optional filters (NULL = all).
 
 -- name: totals
 -- Sums of one window (never averages: the panel derives rates from sums).
-WITH parts AS (
-    SELECT runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_sum, latency_avg_runs
-    FROM apex_metrics_panel_rollup_daily
-    WHERE day >= %(d1)s AND day < %(d2)s
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_sum, latency_avg_runs
-    FROM apex_metrics_panel_rollup
-    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT 1, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_ms, CASE WHEN latency_avg_ms IS NULL THEN 0 ELSE 1 END
-    FROM campaign_metrics
-    WHERE ((created_at >= %(start)s AND created_at < %(h1)s)
-           OR (created_at >= %(h2)s AND created_at < %(end)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-)
 SELECT coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
        coalesce(sum(tokens_in), 0)::bigint, coalesce(sum(tokens_out), 0)::bigint,
        coalesce(sum(agents_total), 0)::bigint, coalesce(sum(agents_successful), 0)::bigint,
        coalesce(sum(assets_generated), 0)::bigint, coalesce(sum(latency_avg_sum), 0)::bigint,
        coalesce(sum(latency_avg_runs), 0)::bigint
-FROM parts;
+FROM apex_metrics_panel_sums(%(start)s, %(end)s, %(h1)s, %(h2)s, %(d1)s, %(d2)s,
+                             %(campaign)s, %(phase)s);
 
 -- name: latency_p95
 -- p95 of the runs' latency_p95_ms, read from the latency histograms: the upper edge of the first
--- bucket where at least 95 percent of the runs lie. The histograms have a phase but no campaign:
--- with a campaign filter the caller reads raw rows only.
-WITH hist AS (
-    SELECT bucket, runs FROM apex_metrics_panel_latency_hist_daily
-    WHERE day >= %(d1)s AND day < %(d2)s
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT bucket, runs FROM apex_metrics_panel_latency_hist
-    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT apex_metrics_latency_bucket(latency_p95_ms), 1
-    FROM campaign_metrics
-    WHERE latency_p95_ms IS NOT NULL
-      AND ((created_at >= %(start)s AND created_at < %(h1)s)
-           OR (created_at >= %(h2)s AND created_at < %(end)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-),
-per_bucket AS (
-    SELECT bucket, sum(runs) AS runs FROM hist GROUP BY bucket
+-- bucket where at least 95 percent of the runs lie.
+WITH per_bucket AS (
+    SELECT bucket, sum(runs) AS runs
+    FROM apex_metrics_panel_hist(%(start)s, %(end)s, %(h1)s, %(h2)s, %(d1)s, %(d2)s,
+                                 %(campaign)s, %(phase)s)
+    GROUP BY bucket
 ),
 cumulative AS (
     SELECT bucket, sum(runs) OVER (ORDER BY bucket) AS below, sum(runs) OVER () AS total
@@ -73,64 +39,26 @@ WHERE total > 0 AND below * 100 >= total * 95;
 
 -- name: series_totals
 -- Sums per time bucket of %(width)s seconds, buckets aligned on 2000-01-01 00:00 UTC.
-WITH parts AS (
-    SELECT date_bin(make_interval(secs => %(width)s), day, timestamptz '2000-01-01 00:00:00+00') AS tb,
-           runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_sum, latency_avg_runs
-    FROM apex_metrics_panel_rollup_daily
-    WHERE day >= %(d1)s AND day < %(d2)s
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT date_bin(make_interval(secs => %(width)s), hour, timestamptz '2000-01-01 00:00:00+00'),
-           runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_sum, latency_avg_runs
-    FROM apex_metrics_panel_rollup
-    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT date_bin(make_interval(secs => %(width)s), created_at, timestamptz '2000-01-01 00:00:00+00'),
-           1, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_ms, CASE WHEN latency_avg_ms IS NULL THEN 0 ELSE 1 END
-    FROM campaign_metrics
-    WHERE ((created_at >= %(start)s AND created_at < %(h1)s)
-           OR (created_at >= %(h2)s AND created_at < %(end)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-)
-SELECT tb, coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
+SELECT date_bin(make_interval(secs => %(width)s), t, timestamptz '2000-01-01 00:00:00+00') AS tb,
+       coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
        coalesce(sum(tokens_in), 0)::bigint, coalesce(sum(tokens_out), 0)::bigint,
        coalesce(sum(agents_total), 0)::bigint, coalesce(sum(agents_successful), 0)::bigint,
        coalesce(sum(assets_generated), 0)::bigint, coalesce(sum(latency_avg_sum), 0)::bigint,
        coalesce(sum(latency_avg_runs), 0)::bigint
-FROM parts
+FROM apex_metrics_panel_sums(%(start)s, %(end)s, %(h1)s, %(h2)s, %(d1)s, %(d2)s,
+                             %(campaign)s, %(phase)s)
 GROUP BY tb
 ORDER BY tb;
 
 -- name: series_p95
 -- p95 of run p95s per time bucket (same rule as latency_p95).
-WITH hist AS (
-    SELECT date_bin(make_interval(secs => %(width)s), day, timestamptz '2000-01-01 00:00:00+00') AS tb,
-           bucket, runs FROM apex_metrics_panel_latency_hist_daily
-    WHERE day >= %(d1)s AND day < %(d2)s
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT date_bin(make_interval(secs => %(width)s), hour, timestamptz '2000-01-01 00:00:00+00'),
-           bucket, runs FROM apex_metrics_panel_latency_hist
-    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT date_bin(make_interval(secs => %(width)s), created_at, timestamptz '2000-01-01 00:00:00+00'), apex_metrics_latency_bucket(latency_p95_ms), 1
-    FROM campaign_metrics
-    WHERE latency_p95_ms IS NOT NULL
-      AND ((created_at >= %(start)s AND created_at < %(h1)s)
-           OR (created_at >= %(h2)s AND created_at < %(end)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-),
-per_bucket AS (
-    SELECT tb, bucket, sum(runs) AS runs FROM hist GROUP BY tb, bucket
+WITH per_bucket AS (
+    SELECT date_bin(make_interval(secs => %(width)s), t, timestamptz '2000-01-01 00:00:00+00')
+               AS tb,
+           bucket, sum(runs) AS runs
+    FROM apex_metrics_panel_hist(%(start)s, %(end)s, %(h1)s, %(h2)s, %(d1)s, %(d2)s,
+                                 %(campaign)s, %(phase)s)
+    GROUP BY 1, 2
 ),
 cumulative AS (
     SELECT tb, bucket,
@@ -146,35 +74,13 @@ ORDER BY tb;
 
 -- name: campaigns
 -- Sums per campaign over one window, biggest spenders first.
-WITH parts AS (
-    SELECT campaign_id, runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_sum, latency_avg_runs
-    FROM apex_metrics_panel_rollup_daily
-    WHERE day >= %(d1)s AND day < %(d2)s
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT campaign_id, runs, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_sum, latency_avg_runs
-    FROM apex_metrics_panel_rollup
-    WHERE ((hour >= %(h1)s AND hour < %(d1)s) OR (hour >= %(d2)s AND hour < %(h2)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-    UNION ALL
-    SELECT campaign_id, 1, cost_usd, tokens_in, tokens_out, agents_total, agents_successful,
-           assets_generated, latency_avg_ms, CASE WHEN latency_avg_ms IS NULL THEN 0 ELSE 1 END
-    FROM campaign_metrics
-    WHERE ((created_at >= %(start)s AND created_at < %(h1)s)
-           OR (created_at >= %(h2)s AND created_at < %(end)s))
-      AND (%(campaign)s::text IS NULL OR campaign_id = %(campaign)s)
-      AND (%(phase)s::text IS NULL OR phase = %(phase)s)
-)
 SELECT campaign_id, coalesce(sum(runs), 0)::bigint, coalesce(sum(cost_usd), 0),
        coalesce(sum(tokens_in), 0)::bigint, coalesce(sum(tokens_out), 0)::bigint,
        coalesce(sum(agents_total), 0)::bigint, coalesce(sum(agents_successful), 0)::bigint,
        coalesce(sum(assets_generated), 0)::bigint, coalesce(sum(latency_avg_sum), 0)::bigint,
        coalesce(sum(latency_avg_runs), 0)::bigint
-FROM parts
+FROM apex_metrics_panel_sums(%(start)s, %(end)s, %(h1)s, %(h2)s, %(d1)s, %(d2)s,
+                             %(campaign)s, %(phase)s)
 GROUP BY campaign_id
 HAVING sum(runs) > 0
 ORDER BY 3 DESC, campaign_id
@@ -194,8 +100,8 @@ LIMIT %(limit)s;
 -- name: filter_options
 -- Campaigns and phases seen in the last 90 days of the daily rollup (for the filter lists).
 SELECT campaign_id, phase
-FROM apex_metrics_panel_rollup_daily
-WHERE day >= now() - interval '90 days' AND runs > 0
+FROM apex_metrics_rollup
+WHERE grain = interval '1 day' AND t >= now() - interval '90 days' AND runs > 0
 GROUP BY campaign_id, phase
 ORDER BY campaign_id, phase
 LIMIT 5000;
@@ -205,8 +111,18 @@ LIMIT 5000;
 SELECT max(created_at) FROM campaign_metrics;
 
 -- name: watermark
--- Bumped by every statement that changes a column the panel reads.
-SELECT last_value, is_called FROM apex_metrics_panel_change_seq;
+-- Moves whenever a statement that changes a column the panel reads commits (each appends to the
+-- stale-hours log) and whenever the refresher folds the log.
+SELECT coalesce(max(id), 0), count(*) FROM apex_metrics_rollup_stale;
+
+-- name: refresh_rollup
+-- Fold up to %(max_hours)s stale hours before %(before)s into the rollups (in the caller's
+-- transaction): the hours folded, 0 when none is stale, -1 when another refresher is at work.
+SELECT apex_metrics_rollup_refresh(%(max_hours)s, %(before)s);
+
+-- name: stale_hours
+-- Distinct hours waiting for the refresher.
+SELECT count(DISTINCT hour) FROM apex_metrics_rollup_stale;
 
 -- name: has_sync_engine
 -- Whether the sync engine's migrations (sync_runs, sync_leases, the sync_* columns) are applied.

@@ -68,8 +68,21 @@ COPY apex_metrics_stage (
     tokens_out, cost_usd, latency_p95_ms, latency_avg_ms, success_rate, created_at
 ) FROM STDIN;
 
+-- name: copy_metrics
+-- Runs known to be new go straight into the table (the stage is only for upserts).
+COPY campaign_metrics (
+    campaign_id, run_id, phase, agents_total, agents_successful, assets_generated, tokens_in,
+    tokens_out, cost_usd, latency_p95_ms, latency_avg_ms, success_rate, created_at
+) FROM STDIN;
+
+-- name: any_run_exists
+-- Whether any of %(run_ids)s is already recorded (then a bulk write must upsert).
+SELECT EXISTS (SELECT 1 FROM campaign_metrics WHERE run_id = ANY (%(run_ids)s::varchar[]));
+
 -- name: upsert_from_stage
--- Upsert every staged row (run ids are unique within the stage), as upsert_metric does.
+-- Upsert every staged row (run ids are unique within the stage), as upsert_metric does, in
+-- run_id order: two bulk writes with overlapping run ids lock them in the same order, so they
+-- wait for each other instead of deadlocking.
 WITH written AS (
     INSERT INTO campaign_metrics AS m (
         campaign_id, run_id, phase, agents_total, agents_successful, assets_generated, tokens_in,
@@ -79,6 +92,7 @@ WITH written AS (
            tokens_in, tokens_out, cost_usd, latency_p95_ms, latency_avg_ms, success_rate,
            created_at
     FROM apex_metrics_stage
+    ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET
         campaign_id = EXCLUDED.campaign_id,
         phase = EXCLUDED.phase,

@@ -3,6 +3,8 @@ and the reference figures computed directly in SQL over campaign_metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import random
 import sys
@@ -22,6 +24,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from apex_metrics.panel.app import PanelConfig, create_app, end_streams
+from apex_metrics.rollup import refresh_all
 from apex_metrics.testing import free_port
 
 CAMPAIGNS = ("spring-launch", "q4-retention", "o'brien test", "eu-rollout")
@@ -172,7 +175,11 @@ def reference_series(
 
 @pytest.fixture
 def seeded_url(database_url: str) -> str:
+    """Seeded, with the rollups refreshed (the panel's own refresher keeps them so)."""
     seed_runs(database_url)
+    # in a thread of its own: a browser test's Playwright (or an async test) has a loop running
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(refresh_all(database_url))).result()
     return database_url
 
 

@@ -1,8 +1,11 @@
 """``apex-metrics`` command line: parses arguments, then calls the parts.
 
 Every command that reports state takes ``--json``. Errors of ours (``ApexMetricsError``) print
-one line, ``error: <what happened> (<what to do>)``, and exit 1; ``--debug`` adds the traceback.
-Usage errors exit 2.
+one line, ``error: <what happened> (<what to do>)`` (bad input: one line per problem), and exit
+1; ``--debug`` adds the traceback. With ``--json`` the error is also one JSON document on stdout.
+Exit status (README, "Exit status"): 0 success, 1 error, 2 usage error, 3 differences found
+(``reconcile``, ``verify``, ``dataverse provision``), 4 rows dead-lettered (``sync --once``),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -32,9 +35,21 @@ dataverse_app = typer.Typer(help="Dataverse table and credential commands.", no_
 app.add_typer(db_app, name="db")
 app.add_typer(dataverse_app, name="dataverse")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 _state: dict[str, bool] = {"debug": False}
+
+EXIT_ERROR = 1  # an error: configuration, connection, bad input, a refusal
+EXIT_USAGE = 2  # a bad flag or argument (click)
+EXIT_DIFFERENCES = 3  # the command ran and found differences: reconcile, verify, provision
+EXIT_DEAD_LETTERED = 4  # sync --once: some rows were dead-lettered
+EXIT_INTERRUPTED = 130
+
+
+class DifferencesFound(ApexMetricsError):
+    """The command ran and found differences."""
+
+    exit_code = EXIT_DIFFERENCES
 
 
 def _version(value: bool) -> None:
@@ -83,21 +98,59 @@ def db_migrate(
     database_url: DatabaseUrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
 ) -> None:
-    """Create or upgrade the PostgreSQL schema (idempotent; safe to run twice at once)."""
+    """Create or upgrade the PostgreSQL schema (idempotent; safe to run twice at once).
+
+    Then folds the hours the panel's rollups have not caught up with (after an upgrade that
+    rebuilds them: every hour with rows, with a progress bar)."""
     import asyncio
 
     from apex_metrics.db import migrate
+    from apex_metrics.rollup import rebuild_with_progress
 
     report = asyncio.run(migrate(database_url))
+    rollup = asyncio.run(rebuild_with_progress(database_url, None if as_json else err_console))
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "rollup": rollup.to_dict()})
     else:
         for line in report.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if rollup.hours:
+            console.print(
+                f"panel rollups: folded {rollup.hours:,} hours in {rollup.seconds:.1f} s",
+                markup=False,
+                highlight=False,
+            )
+
+
+FIELD_HELP = {
+    "campaign_id": "Campaign the run belongs to (text, 1-64 characters). Required (here or in "
+    "--json).",
+    "run_id": "Unique id of the run (text, 1-64 characters, none of / < > * % & : \\ ? +); "
+    "recording it again updates the run. Required (here or in --json).",
+    "phase": "Campaign phase, e.g. 2-3 (text, up to 16 characters).",
+    "agents_total": "Agents that took part (integer ≥ 0).",
+    "agents_successful": "Agents that succeeded (integer, 0 … --agents-total).",
+    "assets_generated": "Assets produced (integer ≥ 0).",
+    "tokens_in": "Input tokens over all agents (integer, 0 … 2,147,483,647).",
+    "tokens_out": "Output tokens over all agents (integer, 0 … 2,147,483,647).",
+    "cost_usd": "Cost in US dollars (decimal, 0 … 99999.99999, 5 decimals), e.g. 0.4213.",
+    "latency_p95_ms": "95th percentile of the agents' call latency, in milliseconds (integer ≥ 0).",
+    "latency_avg_ms": "Average call latency, in milliseconds (integer ≥ 0).",
+    "success_rate": "Percent of agents that succeeded (decimal, 0 … 100, 2 decimals) "
+    "[default: derived from the agent counts].",
+}
 
 
 def _field_option(name: str) -> Any:
-    return typer.Option(f"--{name.replace('_', '-')}", help=f"Value of {name}.")
+    metavar = {"integer": "INTEGER", "decimal": "DECIMAL", "string": "TEXT"}
+    from apex_metrics.metric import BY_NAME
+
+    return typer.Option(
+        f"--{name.replace('_', '-')}",
+        metavar=metavar.get(BY_NAME[name].kind, "TEXT"),
+        help=FIELD_HELP[name],
+        show_default=False,
+    )
 
 
 @app.command("record")
@@ -115,19 +168,35 @@ def record_run(
     latency_avg_ms: Annotated[str | None, _field_option("latency_avg_ms")] = None,
     success_rate: Annotated[str | None, _field_option("success_rate")] = None,
     created_at: Annotated[
-        str | None, typer.Option("--created-at", help="ISO 8601 with a time zone (default: now).")
+        str | None,
+        typer.Option(
+            "--created-at",
+            metavar="TIMESTAMP",
+            help="When the run happened: ISO 8601 with a time zone, e.g. "
+            "2026-03-01T09:30:00Z [default: now].",
+        ),
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option("--json", help="The whole run as a JSON object (flags override its keys)."),
+        typer.Option(
+            "--json",
+            metavar="JSON",
+            help="The whole run as a JSON object, e.g. '{\"campaign_id\": \"spring\", "
+            "\"run_id\": \"r-1\"}' (flags override its keys).",
+        ),
     ] = None,
     database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Record one run (insert, or update by run id); it becomes pending for export."""
+    """Record one run (insert, or update by run id); it becomes pending for export.
+
+    --campaign-id and --run-id are required (as flags or as keys of --json); every other
+    field is optional. Bad values fail before anything is written, naming the field and rule.
+    """
     import asyncio
     from decimal import Decimal
 
     from apex_metrics.exceptions import FieldError, MetricValidationError
+    from apex_metrics.importer import json_problem
     from apex_metrics.metric import parse_metric
     from apex_metrics.recorder import Recorder
 
@@ -135,9 +204,9 @@ def record_run(
     if data is not None:
         try:
             parsed = json.loads(data, parse_float=Decimal)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # also: 5,000 digits, nested too deeply
             raise MetricValidationError(
-                [FieldError("--json", f"not valid JSON: {exc.msg}")]
+                [FieldError("--json", f"not valid JSON: {json_problem(exc)}")]
             ) from None
         if not isinstance(parsed, dict):
             raise MetricValidationError([FieldError("--json", "must be a JSON object")])
@@ -181,7 +250,11 @@ def import_runs(
     database_url: DatabaseUrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
 ) -> None:
-    """Bulk-load runs: all or nothing, unless --skip-invalid."""
+    """Bulk-load runs: all or nothing, unless --skip-invalid.
+
+    New runs go through COPY straight into the table; when some run is already recorded, the
+    file goes through a staging table and one upsert in run_id order (two overlapping imports
+    then wait for each other instead of deadlocking)."""
     import asyncio
 
     from apex_metrics.importer import import_file
@@ -670,6 +743,8 @@ def sync_run(
             "--workers",
             min=1,
             max=64,
+            envvar="APEX_SYNC_WORKERS",
+            show_envvar=True,
             help="Concurrent workers in this process [default: x-ms-dop-hint + 2]. However "
             "many there are, every process together keeps to the one Dataverse budget.",
         ),
@@ -712,7 +787,14 @@ def sync_run(
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics here."),
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            envvar="APEX_SYNC_METRICS_PORT",
+            show_envvar=True,
+            help="Serve Prometheus /metrics here.",
+        ),
     ] = None,
     listen: Annotated[
         bool,
@@ -754,6 +836,8 @@ def sync_run(
     if fmt not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     configure_logging("json" if fmt == "json" else "text", debug=_state["debug"])
+    workers = workers or settings.sync_workers
+    metrics_port = metrics_port or settings.sync_metrics_port
     config = engine_config(
         settings, workers=workers, once=once, poll_interval=poll_interval, batch_size=batch_size
     )
@@ -891,20 +975,42 @@ def reconcile_command(
     repair: Annotated[
         bool, typer.Option("--repair", help="Re-queue rows missing or different in Dataverse.")
     ] = False,
+    delete_extra: Annotated[
+        bool,
+        typer.Option(
+            "--delete-extra",
+            help="Delete from Dataverse the rows PostgreSQL does not have (extra rows, e.g. "
+            "left by a dropped or restored database). Asks for confirmation unless --yes.",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before deleting extra rows.")
+    ] = False,
     database_url: DatabaseUrlOption = None,
     url: DataverseUrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Compare every key and value in Dataverse with PostgreSQL (missing, extra, different).
 
-    Exit status 1 when differences remain (with --repair: rows that re-queuing cannot fix).
+    Exit status 3 when differences remain (with --repair: rows that re-queuing cannot fix,
+    i.e. extra or duplicated ones, unless --delete-extra removed them); 1 on errors.
     """
     import asyncio
 
     from apex_metrics.sync.commands import reconcile_lines, run_reconcile
-    from apex_metrics.sync.errors import ReconcileError
 
-    report = asyncio.run(run_reconcile(_sync_settings(database_url, url), repair=repair))
+    settings = _sync_settings(database_url, url)
+    if delete_extra and not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter(
+                "deleting rows from Dataverse needs confirmation: add --yes", param_hint="--yes"
+            )
+        where = settings.require("dataverse_url")
+        if not typer.confirm(
+            f"Delete from {where} every row whose run id is not in PostgreSQL?", default=False
+        ):
+            raise typer.Exit(EXIT_ERROR)
+    report = asyncio.run(run_reconcile(settings, repair=repair, delete_extra=delete_extra))
     if as_json:
         print_json(report.to_dict())
     else:
@@ -912,45 +1018,183 @@ def reconcile_command(
             console.print(line, markup=False, highlight=False, soft_wrap=True)
     unfixable = report.extra + report.duplicated
     if (not repair and not report.clean) or unfixable:
-        raise ReconcileError(
+        if as_json:
+            raise typer.Exit(EXIT_DIFFERENCES)  # the JSON report says what differs
+        hints = []
+        if report.missing or report.different:
+            hints.append("`--repair` re-queues missing and different rows")
+        if report.extra:
+            hints.append("`--repair --delete-extra` also deletes the extra rows from Dataverse")
+        raise DifferencesFound(
             f"PostgreSQL and Dataverse differ ({report.missing} missing, {report.different} "
             f"different, {report.extra} extra, {report.duplicated} duplicated)",
-            hint="`apex-metrics reconcile --repair` re-queues missing and different rows",
+            hint="; ".join(hints) or "duplicated keys need a look in Dataverse",
         )
 
 
 # --- panel --------------------------------------------------------------------------------------
 
 
+def check_port(host: str, port: int, flag: str = "--port") -> None:
+    """Fail with one line when ``host:port`` cannot be bound (uvicorn would print a traceback
+    or an ERROR line and exit 3, which is our "differences found")."""
+    import errno
+    import socket
+
+    from apex_metrics.exceptions import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use",
+                    hint=f"stop what listens there, or pick another port with {flag}",
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                hint="check the address with --host",
+            ) from None
+
+
+def _serve_or_fail(run: Any, host: str, port: int) -> None:
+    """Run a server; a failed start (uvicorn exits with its status 3) becomes one line."""
+    from apex_metrics.exceptions import ConfigError
+
+    try:
+        run()
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exc:
+        if exc.code in (None, 0):
+            return
+        raise ConfigError(
+            f"could not serve on {host}:{port}", hint="see the line above; --debug shows more"
+        ) from None
+
+
 @app.command("panel")
 def panel_command(
     host: Annotated[
-        str, typer.Option(help="Address to bind; off loopback APEX_PANEL_TOKEN is required.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+        str | None,
+        typer.Option(
+            envvar="APEX_PANEL_HOST",
+            show_envvar=True,
+            help="Address to bind; off loopback APEX_PANEL_TOKEN is required [default: "
+            "127.0.0.1].",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            envvar="APEX_PANEL_PORT",
+            show_envvar=True,
+            help="Port to listen on [default: 8000].",
+        ),
+    ] = None,
     source: Annotated[
         str | None,
         typer.Option(
+            envvar="APEX_PANEL_SOURCE",
+            show_envvar=True,
             help="Where to read runs: dataverse or postgres (default: dataverse when "
-            "APEX_DATAVERSE_URL is set, else postgres; postgres needs APEX_DATABASE_URL)."
+            "APEX_DATAVERSE_URL is set, else postgres; postgres needs APEX_DATABASE_URL).",
         ),
     ] = None,
+    root_path: Annotated[
+        str | None,
+        typer.Option(
+            envvar="APEX_PANEL_ROOT_PATH",
+            show_envvar=True,
+            help="Path prefix behind a reverse proxy, e.g. /metrics-panel (the proxy may strip "
+            "it or pass it on).",
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            envvar="APEX_PANEL_FORWARDED_ALLOW_IPS",
+            show_envvar=True,
+            help="Comma-separated proxy addresses (or *) whose X-Forwarded-For/-Proto headers "
+            "are trusted; empty: none [default: 127.0.0.1].",
+        ),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    url: DataverseUrlOption = None,
 ) -> None:
     """Serve the MetricsPanel: live KPIs, JSON API, CSV export, server-sent events."""
     import asyncio
 
     from apex_metrics.panel.app import PanelConfig, serve
-    from apex_metrics.settings import get_settings
 
-    if source not in (None, "dataverse", "postgres"):
+    settings = _sync_settings(database_url, url)
+    chosen = source or settings.panel_source
+    if chosen not in (None, "dataverse", "postgres"):
         raise typer.BadParameter("must be dataverse or postgres", param_hint="--source")
     config = PanelConfig.from_settings(
-        get_settings(),
-        source=source,  # type: ignore[arg-type]
-        host=host,
-        port=port,
+        settings,
+        source=chosen,  # type: ignore[arg-type]
+        host=host or settings.panel_host,
+        port=port or settings.panel_port,
     )
-    asyncio.run(serve(config))
+    if root_path is not None:
+        config.root_path = root_path
+    if forwarded_allow_ips is not None:
+        config.forwarded_allow_ips = forwarded_allow_ips
+    check_port(config.host, config.port)
+    _serve_or_fail(lambda: asyncio.run(serve(config)), config.host, config.port)
+
+
+# --- rollup: the panel's refresher on its own ----------------------------------------------------
+
+
+@app.command("rollup")
+def rollup_command(
+    database_url: DatabaseUrlOption = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Fold every stale hour, print what was done, exit.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between looks at the log when idle.")
+    ] = 0.25,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report (--once).")] = False,
+) -> None:
+    """Keep the panel's rollups folded: writers only log the hours they touched; this folds them
+    into the hourly and daily rollups in batches (one refresher works at a time; others wait).
+
+    `apex-metrics panel` runs the same refresher itself: run this where no panel runs, so
+    that the log of stale hours stays short and panel reads stay cheap. The panel's figures are
+    exact either way."""
+    import asyncio
+
+    from apex_metrics.db import database_url as resolve_url
+    from apex_metrics.rollup import rebuild_with_progress, run_refresher
+
+    url = resolve_url(database_url)
+    if once:
+        report = asyncio.run(rebuild_with_progress(url, None if as_json else err_console))
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            busy = "; another refresher was busy" if report.busy else ""
+            console.print(
+                f"folded {report.hours:,} hours in {report.batches} batches "
+                f"({report.seconds:.1f} s){busy}",
+                markup=False,
+                highlight=False,
+            )
+        return
+    asyncio.run(rebuild_with_progress(url, err_console))  # fails fast on a bad URL or schema
+    err_console.print("rollup refresher running; Ctrl-C stops it", markup=False, highlight=False)
+    try:
+        asyncio.run(run_refresher(url, interval=interval))
+    except KeyboardInterrupt:
+        pass
 
 
 # --- collect: OTLP/HTTP traces in, runs out -------------------------------------------------------
@@ -959,10 +1203,24 @@ def panel_command(
 @app.command("collect")
 def collect_command(
     host: Annotated[
-        str,
-        typer.Option(help="Address to bind; off loopback APEX_INGEST_TOKEN is required."),
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port (OTLP/HTTP's 4318).")] = 4318,
+        str | None,
+        typer.Option(
+            envvar="APEX_COLLECT_HOST",
+            show_envvar=True,
+            help="Address to bind; off loopback APEX_INGEST_TOKEN is required [default: "
+            "127.0.0.1].",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            envvar="APEX_COLLECT_PORT",
+            show_envvar=True,
+            help="Port [default: 4318, OTLP/HTTP's].",
+        ),
+    ] = None,
     database_url: DatabaseUrlOption = None,
     idle_seconds: Annotated[
         float | None,
@@ -1017,6 +1275,8 @@ def collect_command(
             hint="pip install 'apex-metrics[collect]'",
         ) from exc
     settings = get_settings()
+    host = host or settings.collect_host
+    port = port or settings.collect_port
     limits = dataclasses.replace(
         Limits(),
         idle_seconds=idle_seconds or settings.collect_idle_seconds,
@@ -1028,6 +1288,7 @@ def collect_command(
         token=settings.ingest_token, limits=limits,
     )  # fmt: skip
     check_bind(host, config.token)
+    check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
     console.print(
         f"collect: OTLP/HTTP on http://{shown}:{port}/v1/traces (protobuf, JSON, gzip); "
@@ -1035,10 +1296,7 @@ def collect_command(
         f"metrics on /metrics",
         markup=False, highlight=False, soft_wrap=True,
     )  # fmt: skip
-    try:
-        asyncio.run(serve(config))
-    except KeyboardInterrupt:
-        pass
+    _serve_or_fail(lambda: asyncio.run(serve(config)), host, port)
 
 
 # --- demo, verify, bench ------------------------------------------------------------------------
@@ -1046,11 +1304,27 @@ def collect_command(
 
 @app.command("demo")
 def demo_command(
+    runs_per_hour: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Mean synthetic campaign runs per hour, for the history and the live traffic "
+            "alike (a smooth daily curve, ±35 %); 0: no live traffic.",
+        ),
+    ] = 240.0,
     rate: Annotated[
-        float, typer.Option(min=0, help="Synthetic campaign runs per second (0: none).")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            min=0, help="The same density in runs per second (overrides --runs-per-hour)."
+        ),
+    ] = None,
     backfill_days: Annotated[
-        float, typer.Option(min=0, help="Fill this many days of history first, for full charts.")
+        float,
+        typer.Option(
+            min=0,
+            help="Fill this many days of history first, for full charts (only the part after "
+            "the newest recorded run: a second demo adds no second week).",
+        ),
     ] = 0.0,
     workers: Annotated[
         int | None,
@@ -1090,14 +1364,17 @@ def demo_command(
 ) -> None:
     """Run the whole pipeline on embedded defaults: PostgreSQL, the Dataverse emulator, sync
     workers, the panel and synthetic traffic. Uses APEX_DATABASE_URL / APEX_DATAVERSE_URL when
-    set. Prints the panel URL and a live status line; Ctrl-C stops everything."""
+    set. Prints the export lines for other terminals (also in DATA_DIR/demo.env), the panel URL
+    and a status line (off a terminal: on change, at least every 30 s); Ctrl-C stops
+    everything."""
     import asyncio
 
     from apex_metrics.demo import DemoOptions, run_demo
     from apex_metrics.settings import get_settings
 
     options = DemoOptions(
-        rate=rate, backfill_days=backfill_days, workers=workers, panel_host=panel_host,
+        runs_per_hour=rate * 3600 if rate is not None else runs_per_hour,
+        backfill_days=backfill_days, workers=workers, panel_host=panel_host,
         panel_port=panel_port, data_dir=data_dir, embedded_postgres=embedded_postgres,
         allow_system_user=system_user, duration=duration, seed=seed,
     )  # fmt: skip
@@ -1111,8 +1388,13 @@ def demo_command(
 @app.command("verify")
 def verify_command(
     panel_url: Annotated[
-        str, typer.Option(help="The panel to check (gate 9).")
-    ] = "http://127.0.0.1:8000",
+        str | None,
+        typer.Option(
+            envvar="APEX_PANEL_URL",
+            show_envvar=True,
+            help="The panel to check (gate 9), with its root path [default: http://127.0.0.1:8000].",
+        ),
+    ] = None,
     backlog_threshold: Annotated[
         float, typer.Option(min=1, help="Seconds the oldest pending row may wait (gate 7).")
     ] = 300.0,
@@ -1123,21 +1405,23 @@ def verify_command(
         list[Path] | None,
         typer.Option(help="A log file to scan for secrets (gate 10); repeatable."),
     ] = None,
+    database_url: DatabaseUrlOption = None,
+    url: DataverseUrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Run the quality gates, each with its figure; exit 1 if any fails."""
+    """Run the quality gates, each with its figure; exit 3 if any fails (1 on errors)."""
     import asyncio
 
-    from apex_metrics.settings import get_settings
     from apex_metrics.verify import VerifyOptions, run_verify
 
+    settings = _sync_settings(database_url, url)
     options = VerifyOptions(
-        panel_url=panel_url,
+        panel_url=panel_url or settings.panel_url,
         backlog_threshold=backlog_threshold,
         sample=sample,
         log_files=list(log_file or []),
     )
-    gates = asyncio.run(run_verify(get_settings(), options))
+    gates = asyncio.run(run_verify(settings, options))
     failed = [g for g in gates if not g.ok]
     if as_json:
         print_json({"ok": not failed, "gates": [g.to_dict() for g in gates]})
@@ -1151,7 +1435,45 @@ def verify_command(
             )  # fmt: skip
         console.print(f"{len(gates) - len(failed)}/{len(gates)} gates pass", highlight=False)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_DIFFERENCES)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """``--json`` asks for a JSON report (``record --json`` is the run itself, not a report)."""
+    words = [a for a in argv if not a.startswith("-")]
+    return "--json" in argv and (not words or words[0] != "record")
+
+
+def error_lines(exc: ApexMetricsError) -> list[str]:
+    """The error as printed: one line, or a first line plus one line per problem."""
+    errors = getattr(exc, "errors", None)
+    if not isinstance(errors, list) or len(errors) < 2:
+        return [f"error: {exc.one_line()}"]
+    if all(getattr(e, "line", None) is None for e in errors):  # one run (record): one line
+        return [f"error: {exc.one_line()}"]
+    limit = 50
+    lines = [f"error: invalid input, nothing was written ({len(errors)} problems):"]
+    lines += [f"  {problem}" for problem in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"  … and {len(errors) - limit} more")
+    if exc.hint:
+        lines.append(f"  ({exc.hint})")
+    return lines
+
+
+def error_json(exc: ApexMetricsError, code: int) -> dict[str, Any]:
+    """What ``--json`` prints on stdout when the command fails."""
+    errors = getattr(exc, "errors", None)
+    out: dict[str, Any] = {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": code}
+    if isinstance(errors, list):
+        if len(errors) > 1:
+            out["error"] = f"invalid input, nothing was written ({len(errors)} problems)"
+        out["problems"] = [
+            {"line": e.line, "field": e.field, "rule": e.rule} if hasattr(e, "rule") else str(e)
+            for e in errors[:1000]
+        ]
+        out["problems_total"] = len(errors)
+    return out
 
 
 def main() -> None:
@@ -1161,8 +1483,12 @@ def main() -> None:
     except ApexMetricsError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        err_console.print(f"error: {exc.one_line()}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(1)
+        code = int(getattr(exc, "exit_code", EXIT_ERROR))
+        if _wants_json(sys.argv[1:]):
+            print_json(error_json(exc, code))
+        for line in error_lines(exc):
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        sys.exit(code)
     except ModuleNotFoundError as exc:  # an optional extra is not installed
         from apex_metrics.extras import missing_extra
 
@@ -1176,4 +1502,4 @@ def main() -> None:
         )
         sys.exit(1)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

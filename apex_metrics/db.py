@@ -13,10 +13,12 @@ of :mod:`apex_metrics.exceptions` (the psycopg error stays as ``__cause__``)::
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import AsyncConnection, conninfo
@@ -61,6 +63,40 @@ def describe(url: str) -> str:
     port = str(params.get("port") or "5432")
     dbname = str(params.get("dbname") or params.get("user") or "")
     return f"{host}:{port}/{dbname}"
+
+
+_URI_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@")
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (and any password= value) replaced by ``****``,
+    even when ``url`` is too malformed to parse (psycopg quotes such URLs in its errors)."""
+    secrets: set[str] = set()
+    userinfo = _URI_USERINFO.match(url)
+    if userinfo and ":" in userinfo.group(1):
+        secrets.add(userinfo.group(1).split(":", 1)[1])
+    for found in _KEYWORD_PASSWORD.findall(url):
+        secrets.add(found.strip("'"))
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "****").replace(unquote(secret), "****")
+    return _KEYWORD_PASSWORD.sub("password=****", text)
+
+
+def redacted_cause(exc: Exception, url: str) -> Exception:
+    """``exc``, or a copy of it without the password (the ``__cause__`` that ``--debug``
+    prints along with the traceback)."""
+    text = str(exc)
+    clean = redact(text, url)
+    if clean == text:
+        return exc
+    try:
+        copy = type(exc)(clean)
+    except Exception:
+        copy = psycopg.Error(clean)
+    copy.__suppress_context__ = True
+    return copy.with_traceback(exc.__traceback__)
 
 
 def wrap_connect_error(exc: Exception, url: str) -> DatabaseError:
@@ -134,6 +170,11 @@ def wrap_query_error(exc: psycopg.Error, where: str) -> DatabaseError:
     first = text.splitlines()[0] if text else type(exc).__name__
     if isinstance(exc, UndefinedTable | UndefinedColumn | UndefinedFunction):
         return SchemaNotMigrated(f"the database {where} lacks part of the schema: {first}")
+    if (exc.sqlstate or "").startswith("40"):  # deadlock, serialization failure: not the network
+        return DatabaseError(
+            f"PostgreSQL at {where} rolled the transaction back: {first}",
+            hint="a concurrent writer conflicted with this one; nothing was written, retry",
+        )
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnreachable(
             f"lost the connection to PostgreSQL at {where}: {first}",
@@ -151,7 +192,7 @@ async def connect(url: str | None = None, *, autocommit: bool = False) -> AsyncC
             kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
         return await AsyncConnection.connect(url, **kwargs)
     except psycopg.Error as exc:
-        raise wrap_connect_error(exc, url) from exc
+        raise wrap_connect_error(exc, url) from redacted_cause(exc, url)
 
 
 @asynccontextmanager
@@ -187,7 +228,7 @@ async def open_pool(
     try:
         await pool.open(wait=True, timeout=DEFAULT_CONNECT_TIMEOUT + 5)
     except psycopg.Error as exc:
-        raise wrap_connect_error(exc, url) from exc
+        raise wrap_connect_error(exc, url) from redacted_cause(exc, url)
     try:
         yield pool
     finally:

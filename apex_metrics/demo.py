@@ -5,8 +5,13 @@
                  ``embedded_pg.py``) in the demo's data folder
     Dataverse    APEX_DATAVERSE_URL, else the emulator on a free loopback port, its storage in
                  the demo's data folder (so it stays in step with PostgreSQL across runs)
-    then         migrate → provision → reconcile --repair → backfill → sync workers + panel +
-                 synthetic traffic, with a live status line, until Ctrl-C or SIGTERM.
+    then         migrate → provision → reconcile --repair (and, in its own emulator,
+                 --delete-extra) → backfill of the part of the window not filled yet → sync
+                 workers + panel + synthetic traffic, with a status line, until Ctrl-C or SIGTERM.
+
+It prints the ``export APEX_…=…`` lines other commands need (``verify``, ``sync status``,
+``reconcile``, a second ``panel``) and writes them to ``demo.env`` in its data folder (removed
+on the way out). History and live traffic share one density (``traffic.runs_per_hour_at``).
 
 Everything runs in this process (the emulator and the panel in uvicorn servers, the workers as
 asyncio tasks); the embedded PostgreSQL, when used, is a child server stopped on the way out.
@@ -17,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
+import shlex
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +60,8 @@ def default_data_dir() -> Path:
 
 @dataclass(slots=True)
 class DemoOptions:
-    rate: float = 1.0  # synthetic runs per second
+    runs_per_hour: float = 240.0  # mean density of history and live traffic alike
     backfill_days: float = 0.0
-    backfill_per_hour: float = 60.0
     workers: int | None = None  # None: x-ms-dop-hint + 2
     panel_host: str = "127.0.0.1"
     panel_port: int = 8000
@@ -65,7 +70,9 @@ class DemoOptions:
     allow_system_user: bool = True
     duration: float | None = None  # stop by itself after this many seconds
     seed: int | None = None
-    status_interval: float = 1.0
+    status_interval: float = 1.0  # on a terminal; otherwise see _status
+    change_interval: float = 5.0  # not on a terminal: a line on change, at most this often,
+    quiet_interval: float = 30.0  # and at least this often
 
 
 Say = Callable[[str], None]
@@ -142,7 +149,35 @@ async def _dataverse(
         return settings
     emu = stack.enter_context(_emulator(data_dir))
     say(f"Dataverse: local emulator at {emu.url} (storage in {data_dir / 'emulator.sqlite3'})")
-    return settings.model_copy(update={"dataverse_url": emu.url})
+    return settings.model_copy(update={"dataverse_url": emu.url, "authority_host": emu.url})
+
+
+def exports(settings: Settings, database_url: str, panel_url: str) -> dict[str, str]:
+    """What `verify`, `sync status`, `reconcile` and `panel` need in another terminal. Secrets
+    are never printed: a token or client secret the demo was given stays where it was set."""
+    out = {
+        "APEX_DATABASE_URL": database_url,
+        "APEX_DATAVERSE_URL": settings.require("dataverse_url"),
+        "APEX_PANEL_URL": panel_url.rstrip("/"),
+    }
+    if "authority_host" in settings.model_fields_set:
+        out["APEX_AUTHORITY_HOST"] = settings.authority_host
+    for name in ("tenant_id", "client_id", "auth"):
+        if name in settings.model_fields_set and getattr(settings, name):
+            out[f"APEX_{name.upper()}"] = str(getattr(settings, name))
+    return out
+
+
+def export_lines(values: dict[str, str]) -> list[str]:
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+
+
+def write_env_file(path: Path, lines: list[str], secrets: list[str]) -> None:
+    """``demo.env``: the export lines, mode 600, for ``. demo.env`` in another terminal."""
+    notes = [f"# and {n}, as set for the demo (secrets are not written here)" for n in secrets]
+    text = "# apex-metrics demo: `. " + str(path) + "` in another terminal\n"
+    path.write_text(text + "\n".join(lines + notes) + "\n", encoding="utf-8")
+    path.chmod(0o600)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,19 +239,17 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
                     say(line)
                 raise ApexMetricsError("the Dataverse table does not match the contract")
             say("provision: table, columns, key and flags are in place")
-            rec = await reconcile(db_url, client, repair=True)
+            # Rows of the demo's own emulator that this database does not have (an earlier
+            # demo's database was dropped, or another database was used) are deleted; a
+            # Dataverse given by APEX_DATAVERSE_URL is only reported on, never deleted from.
+            own_emulator = not settings.dataverse_url
+            say("reconcile: comparing PostgreSQL with Dataverse…")
+            rec = await reconcile(db_url, client, repair=True, delete_extra=own_emulator)
             say(f"reconcile: {_reconcile_summary(rec)}")
             recorder = await stack.enter_async_context(Recorder(db_url, strict=True))
             gen = TrafficGenerator(options.seed)
             if options.backfill_days > 0:
-                started = time.monotonic()
-                runs = list(gen.backfill(options.backfill_days, per_hour=options.backfill_per_hour))
-                result = await recorder.record_many(runs)
-                counters["backfilled"] = len(runs)
-                say(
-                    f"backfill: {len(runs)} runs over {options.backfill_days:g} day(s) "
-                    f"in {time.monotonic() - started:.1f} s ({result.inserted} new)"
-                )
+                await _backfill(recorder, gen, options, counters, say)
             engine = Engine(
                 engine_config(live, workers=options.workers, once=False),
                 DataverseSink(client, live.sync_write),
@@ -245,11 +278,28 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
                     raise ApexMetricsError(f"the panel could not start on port {port}")
                 await asyncio.sleep(0.05)
             url = f"http://{options.panel_host}:{port}/"
+            values = exports(live, db_url, url)
+            lines = export_lines(values)
+            secrets = [
+                name for name, value in (("APEX_PANEL_TOKEN", settings.panel_token),
+                                         ("APEX_CLIENT_SECRET", settings.client_secret))
+                if value is not None
+            ]  # fmt: skip
+            env_file = data_dir / "demo.env"
+            write_env_file(env_file, lines, secrets)
+            stack.callback(env_file.unlink, missing_ok=True)
+            say("For verify, sync status, reconcile or a second panel in another terminal:")
+            for line in lines:
+                say(f"  {line}")
+            say(f"  (or: . {shlex.quote(str(env_file))})")
+            for name in secrets:
+                say(f"  and {name}, as you set it for the demo")
             say(f"panel: {url}")
             say("Ctrl-C stops everything.")
             tasks.append(
                 asyncio.create_task(
-                    _traffic(recorder, gen, options.rate, stop, counters), name="demo-traffic"
+                    _traffic(recorder, gen, options.runs_per_hour, stop, counters),
+                    name="demo-traffic",
                 )
             )
             queue = Queue(recorder.pool)
@@ -273,20 +323,48 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
 
 
 def _reconcile_summary(report: ReconcileReport) -> str:
+    deleted = f", deleted {report.deleted} extra" if report.deleted else ""
     return (
         f"{report.pg_rows} rows in PostgreSQL, {report.dataverse_rows} in Dataverse; "
         f"missing {report.missing}, extra {report.extra}, different {report.different}, "
-        f"re-queued {report.requeued}"
+        f"re-queued {report.requeued}{deleted}"
+    )
+
+
+async def _backfill(
+    recorder: Any, gen: Any, options: DemoOptions, counters: dict[str, Any], say: Say
+) -> None:
+    """Fill the history window, but only the part after the newest run already recorded: a
+    second demo over the same database adds the hours it was away, not another week."""
+    started = time.monotonic()
+    now = datetime.now(UTC)
+    async with recorder.pool.connection() as conn:
+        cur = await conn.execute("SELECT max(created_at) FROM campaign_metrics")
+        row = await cur.fetchone()
+    newest = row[0] if row else None
+    runs = list(
+        gen.backfill(
+            options.backfill_days, per_hour=options.runs_per_hour, now=now, after=newest
+        )
+    )
+    result = await recorder.record_many(runs) if runs else None
+    counters["backfilled"] = len(runs)
+    since = f" since the newest recorded run ({newest:%Y-%m-%d %H:%M} UTC)" if newest else ""
+    new = result.inserted if result is not None else 0
+    say(
+        f"backfill: {len(runs)} runs{since or f' over {options.backfill_days:g} day(s)'} "
+        f"in {time.monotonic() - started:.1f} s ({new} new)"
     )
 
 
 async def _traffic(
-    recorder: Any, gen: Any, rate: float, stop: asyncio.Event, counters: dict[str, Any]
+    recorder: Any, gen: Any, per_hour: float, stop: asyncio.Event, counters: dict[str, Any]
 ) -> None:
-    rnd = random.Random()
-    while not stop.is_set() and rate > 0:
+    """Live runs at the same density as the backfill (``traffic.runs_per_hour_at``)."""
+    while not stop.is_set() and per_hour > 0:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=rnd.expovariate(rate))
+            gap = gen.next_gap(datetime.now(UTC), per_hour)
+            await asyncio.wait_for(stop.wait(), timeout=gap)
         if stop.is_set():
             return
         await recorder.record(gen.run())
@@ -301,8 +379,12 @@ async def _status(
     options: DemoOptions,
     deadline: float | None,
 ) -> AsyncIterator[str]:
-    """One status line per interval until stopped (or the deadline)."""
+    """Until stopped (or the deadline): on a terminal, one line redrawn every interval;
+    otherwise (a log, a pipe) a line when the figures change, at most every
+    ``change_interval`` seconds, and at least every ``quiet_interval`` seconds."""
     tty = sys.stdout.isatty()
+    last_line = ""
+    last_printed = time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=options.status_interval)
@@ -320,7 +402,12 @@ async def _status(
         if tty:
             sys.stdout.write("\r" + line.ljust(100))
             sys.stdout.flush()
-        else:
+            continue
+        figures = line.rsplit(" · lag", 1)[0]  # the lag alone moves every second
+        waited = time.monotonic() - last_printed
+        changed = figures != last_line and waited >= options.change_interval
+        if changed or waited >= options.quiet_interval or not last_line:
+            last_line, last_printed = figures, time.monotonic()
             yield line
     if tty:
         sys.stdout.write("\n")

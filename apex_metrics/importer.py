@@ -1,10 +1,11 @@
 """Bulk import of campaign runs from CSV (header = column names) or JSON Lines.
 
-Every row is validated before anything is committed: rows stream through COPY into a temporary
-staging table inside one transaction, and the transaction commits only when the whole file is
-valid (or, with ``skip_invalid``, after setting the bad rows aside). Then one upsert moves the
-staged rows into ``campaign_metrics``. A run id repeated in the file is an error naming both
-lines. Errors list the line, the field and the rule.
+Every row is validated before anything is committed: rows stream through COPY inside one
+transaction, and the transaction commits only when the whole file is valid (or, with
+``skip_invalid``, after setting the bad rows aside). New runs go straight into
+``campaign_metrics``; when some run is already recorded, the rows go through a temporary staging
+table and one upsert in run_id order instead (see ``_load``). A run id repeated in the file is
+an error naming both lines. Errors list the line, the field and the rule.
 
 CSV details: a UTF-8 byte order mark is ignored; blank lines are skipped (line numbers still count
 them); the header must name only known columns and include ``campaign_id`` and ``run_id`` (the
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,10 +31,10 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from apex_metrics.bulk import RETRY_ON, any_run_exists, prepare_stage, upsert_stage
 from apex_metrics.db import Q, connect, database_url, describe, ensure_migrated, wrap_query_error
 from apex_metrics.exceptions import ApexMetricsError, FieldError, MetricValidationError
 from apex_metrics.metric import BY_NAME, COLUMNS, RowParser, copy_text, parse_metric
-from apex_metrics.recorder import BulkResult, prepare_stage, upsert_stage
 
 Format = Literal["csv", "jsonl"]
 MAX_FIELD = 1 << 20  # 1 MiB: far above any valid value, far below a runaway line
@@ -172,8 +176,8 @@ def read_jsonl(text: IO[str]) -> Iterator[Row]:
             continue
         try:
             data = json.loads(content, parse_float=Decimal)
-        except json.JSONDecodeError as exc:
-            rule = f"not valid JSON: {exc.msg}"
+        except (ValueError, RecursionError) as exc:  # also: 5,000 digits, nested too deeply
+            rule = f"not valid JSON: {json_problem(exc)}"
             yield Row(line, errors=[FieldError("(line)", rule, line)], raw={"text": content})
             continue
         if not isinstance(data, dict):
@@ -181,6 +185,17 @@ def read_jsonl(text: IO[str]) -> Iterator[Row]:
             yield Row(line, errors=[FieldError("(line)", rule, line)], raw={"text": content})
             continue
         yield parse_row(line, data)
+
+
+def json_problem(exc: ValueError | RecursionError) -> str:
+    """What is wrong with a text ``json.loads`` refused, in a few words."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if "digits" in str(exc):  # int() refuses more than sys.get_int_max_str_digits() digits
+        return "a number has too many digits"
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def parse_row(line: int, raw: dict[str, Any]) -> Row:
@@ -222,13 +237,39 @@ def make_progress(console: Console | None) -> Progress:
     )
 
 
+class _Rejects:
+    """Rejected rows, written as they come (never kept in memory) to ``path + ".partial"``,
+    renamed to ``path`` when the import commits, removed when it fails."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.count = 0
+        self._out: IO[str] | None = None
+
+    def add(self, row: Row) -> None:
+        if self._out is None:
+            self._out = open(self.path + ".partial", "w", encoding="utf-8")
+        self._out.write(reject_line(row))
+        self.count += 1
+
+    def close(self, keep: bool) -> str | None:
+        if self._out is None:
+            return None
+        self._out.close()
+        if not keep:
+            Path(self.path + ".partial").unlink(missing_ok=True)
+            return None
+        os.replace(self.path + ".partial", self.path)
+        return self.path
+
+
 class _Stager:
     """Feeds valid rows to COPY, sets invalid ones aside, and finds repeated run ids."""
 
-    def __init__(self, report: ImportReport, skip_invalid: bool) -> None:
+    def __init__(self, report: ImportReport, rejects: _Rejects | None) -> None:
         self.report = report
-        self.skip_invalid = skip_invalid
-        self.rejected: list[Row] = []
+        self.skip_invalid = rejects is not None
+        self.rejects = rejects
         self.seen: dict[str, int] = {}
 
     def check(self, row: Row) -> str | None:
@@ -242,9 +283,12 @@ class _Stager:
                 row.errors.append(FieldError("run_id", rule, row.line))
                 row.raw = {"run_id": run_id}
         if row.errors:
-            self.report.errors.extend(row.errors)
-            if self.skip_invalid:
-                self.rejected.append(row)
+            if self.rejects is not None:
+                if len(self.report.errors) < 50:  # what the report shows; the file has all
+                    self.report.errors.extend(row.errors)
+                self.rejects.add(row)
+            else:
+                self.report.errors.extend(row.errors)
             return None
         if self.report.errors and not self.skip_invalid:
             return None  # keep validating; nothing will be written
@@ -267,34 +311,34 @@ async def import_file(
     report = ImportReport(source="stdin" if source == "-" else source, format=fmt)
     text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="strict", newline="")
     rows = read_csv(text) if fmt == "csv" else read_jsonl(text)
-    stager = _Stager(report, skip_invalid)
+    rejected = _Rejects(rejects or default_rejects_path(source)) if skip_invalid else None
+    stager = _Stager(report, rejected)
+    committed = False
     try:
         async with await connect(url) as conn:
             await ensure_migrated(conn)
             with make_progress(console) as progress:
                 task = progress.add_task("reading and validating", total=size, rows=0)
+
+                def batches() -> Iterator[str]:
+                    batch: list[str] = []
+                    for row in rows:
+                        copy_line = stager.check(row)
+                        if copy_line is not None:
+                            batch.append(copy_line)
+                        if len(batch) >= BATCH_ROWS:
+                            yield "".join(batch)
+                            batch.clear()
+                            progress.update(task, completed=_tell(handle), rows=report.rows)
+                    if batch:
+                        yield "".join(batch)
+
                 async with conn.transaction():
-                    await prepare_stage(conn)
-                    async with conn.cursor().copy(Q["copy_stage"]) as copy:
-                        batch: list[str] = []
-                        for row in rows:
-                            copy_line = stager.check(row)
-                            if copy_line is not None:
-                                batch.append(copy_line)
-                            if len(batch) >= BATCH_ROWS:
-                                await copy.write("".join(batch))
-                                batch.clear()
-                                progress.update(task, completed=_tell(handle), rows=report.rows)
-                        if batch:
-                            await copy.write("".join(batch))
-                    if report.errors and not skip_invalid:
-                        raise MetricValidationError(report.errors)
-                    progress.update(
-                        task, description="writing to campaign_metrics", rows=report.rows
-                    )
-                    result: BulkResult = await upsert_stage(conn)
+                    inserted, updated = await _load(conn, batches(), stager, skip_invalid)
+                    progress.update(task, description="analyzing", rows=report.rows)
                     # Fresh statistics, so the sync engine's claim plans for the new rows.
                     await conn.execute("ANALYZE campaign_metrics")
+        committed = True
     except UnicodeDecodeError as exc:
         raise ImportFileError(
             f"{report.source} is not UTF-8 text (bad byte at offset {exc.start} of a block)",
@@ -305,12 +349,59 @@ async def import_file(
     finally:
         if source != "-":
             handle.close()
-    report.inserted, report.updated = result.inserted, result.updated
-    report.rejected = len(stager.rejected)
-    if stager.rejected:
-        path = rejects or default_rejects_path(source)
-        report.rejects_file = write_rejects(stager.rejected, path)
+        if rejected is not None:
+            report.rejects_file = rejected.close(keep=committed)
+    report.inserted, report.updated = inserted, updated
+    report.rejected = rejected.count if rejected is not None else 0
     return report
+
+
+async def _load(
+    conn: psycopg.AsyncConnection[Any],
+    batches: Iterator[str],
+    stager: _Stager,
+    skip_invalid: bool,
+) -> tuple[int, int]:
+    """Stream the batches into campaign_metrics: ``(inserted, updated)``.
+
+    When none of the first batch's run ids is recorded yet, COPY straight into the table (inside
+    a savepoint), keeping a copy of the lines in a local temporary file. If a run turns out to be
+    recorded already (unique violation) or a concurrent writer deadlocks with this one, roll back
+    to the savepoint and upsert instead: the kept lines and the rest of the input go through the
+    staging table and one upsert in run_id order (:mod:`apex_metrics.bulk`).
+    """
+    first = next(batches, "")
+    direct = not await any_run_exists(conn, list(stager.seen))
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as kept:
+        if direct:
+            try:
+                async with conn.transaction():
+                    async with conn.cursor().copy(Q["copy_metrics"]) as copy:
+                        for batch in itertools.chain([first], batches):
+                            kept.write(batch)
+                            await copy.write(batch)
+                        _raise_if_invalid(stager, skip_invalid)
+                    return copy_rowcount(copy), 0
+            except RETRY_ON:
+                kept.seek(0)
+                first = ""
+                batches = iter(lambda: kept.read(1 << 20), "")
+        await prepare_stage(conn)
+        async with conn.cursor().copy(Q["copy_stage"]) as copy:
+            for batch in itertools.chain([first], batches):
+                await copy.write(batch)
+        _raise_if_invalid(stager, skip_invalid)
+        return await upsert_stage(conn)
+
+
+def _raise_if_invalid(stager: _Stager, skip_invalid: bool) -> None:
+    if stager.report.errors and not skip_invalid:
+        raise MetricValidationError(stager.report.errors)
+
+
+def copy_rowcount(copy: Any) -> int:
+    """Rows a finished COPY loaded (psycopg sets the cursor's rowcount)."""
+    return int(copy.cursor.rowcount)
 
 
 def _tell(handle: IO[bytes]) -> int | None:
@@ -324,14 +415,11 @@ def default_rejects_path(source: str) -> str:
     return "rejects.jsonl" if source == "-" else f"{source}.rejects.jsonl"
 
 
-def write_rejects(rows: list[Row], path: str) -> str:
+def reject_line(row: Row) -> str:
     """One JSON object per rejected row: its line, every broken rule, and the raw values."""
-    with open(path, "w", encoding="utf-8") as out:
-        for row in rows:
-            entry = {
-                "line": row.line,
-                "errors": [{"field": e.field, "rule": e.rule} for e in row.errors],
-                "record": row.raw,
-            }
-            out.write(json.dumps(entry, default=str, ensure_ascii=False) + "\n")
-    return path
+    entry = {
+        "line": row.line,
+        "errors": [{"field": e.field, "rule": e.rule} for e in row.errors],
+        "record": row.raw,
+    }
+    return json.dumps(entry, default=str, ensure_ascii=False) + "\n"

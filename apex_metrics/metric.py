@@ -217,6 +217,9 @@ def _to_string(col: Column, raw: Any) -> str:
         raise _RuleBroken("must be a string")
     if "\x00" in raw:
         raise _RuleBroken("must not contain NUL characters")
+    control = next((c for c in raw if c < " " or "\x7f" <= c <= "\x9f"), None)
+    if control is not None:
+        raise _RuleBroken(f"must not contain control characters (found U+{ord(control):04X})")
     if not raw.isascii():
         try:
             raw.encode("utf-8")
@@ -275,16 +278,25 @@ def _to_decimal(col: Column, raw: Any) -> Decimal:
     if not value.is_finite():
         raise _RuleBroken("must be a finite number")
     assert col.precision is not None
-    value = value.quantize(Decimal(1).scaleb(-col.precision), ROUND_HALF_EVEN)
+    try:
+        value = value.quantize(Decimal(1).scaleb(-col.precision), ROUND_HALF_EVEN)
+    except InvalidOperation:  # more digits than the context holds (1e23 to 5 places)
+        _check_range(col, value)
+        raise _RuleBroken("must be a number") from None
     _check_range(col, value)
     return value
 
 
 def _check_range(col: Column, value: int | Decimal) -> None:
+    # A 5,000-digit integer cannot even be printed (int max_str_digits): name its size instead.
+    if isinstance(value, int) and value.bit_length() > 128:
+        shown = f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    else:
+        shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}… (long)"
     if col.min_value is not None and value < col.min_value:
-        raise _RuleBroken(f"must be ≥ {col.min_value} (got {value})")
+        raise _RuleBroken(f"must be ≥ {col.min_value} (got {shown})")
     if col.max_value is not None and value > col.max_value:
-        raise _RuleBroken(f"must be ≤ {col.max_value} (got {value})")
+        raise _RuleBroken(f"must be ≤ {col.max_value} (got {shown})")
 
 
 def _to_datetime(raw: Any) -> datetime:
@@ -335,13 +347,28 @@ _TIME_TEXT = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
     r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
 )
-_PLAIN_TEXT = re.compile(r"[^\t\n\r\\\x00]*")
-_RUN_ID_TEXT = re.compile(r"[^\t\n\r\\\x00/<>*%&:?+]{1,64}")
+_PLAIN_TEXT = re.compile(r"[^\x00-\x1f\x7f\\]*")  # no control characters: see _to_string
+_RUN_ID_TEXT = re.compile(r"[^\x00-\x1f\x7f\\/<>*%&:?+]{1,64}")
 _INT_COLUMNS = frozenset(c.name for c in COLUMNS if c.kind == "integer")
 
 
 class _Slow(Exception):
     """This value needs the reference path."""
+
+
+# What RowParser._fast checks per column.
+_K_INT, _K_COST, _K_RATE, _K_TIME, _K_RUN_ID, _K_TEXT = range(6)
+
+
+def _kind_of(col: Column) -> int:
+    if col.name in _INT_COLUMNS:
+        return _K_INT
+    kinds = {"cost_usd": _K_COST, "success_rate": _K_RATE, "created_at": _K_TIME}
+    if col.name in kinds:
+        return kinds[col.name]
+    if col.name == "run_id":
+        return _K_RUN_ID
+    return _K_TEXT
 
 
 def copy_text(values: tuple[Any, ...]) -> str:
@@ -377,6 +404,12 @@ class RowParser:
         self.index = {name: i for i, name in enumerate(header)}
         self.now = now or datetime.now(UTC)  # created_at of rows that leave it blank
         self.now_text = self.now.isoformat()
+        # Per column, in FIELD_NAMES order: (index in the row or -1, kind, name, max length,
+        # required).
+        self._plan = [
+            (self.index.get(c.name, -1), _kind_of(c), c.name, c.max_length or 0, c.required)
+            for c in COLUMNS
+        ]
 
     def parse(self, row: list[str], line: int | None = None) -> tuple[str, str]:
         """``(run_id, copy line)`` of a row, or ``MetricValidationError`` naming what is wrong."""
@@ -390,39 +423,41 @@ class RowParser:
             return metric.run_id, copy_text(metric.pg_values())
 
     def _fast(self, row: list[str]) -> tuple[str, str]:
-        index = self.index
+        """The common case at C speed where possible; anything unusual raises ``_Slow`` and
+        takes the reference path (``parse_metric``), which gives the same result or the error."""
         out: list[str] = []
-        ints: dict[str, int | None] = {}
-        for col in COLUMNS:
-            i = index.get(col.name)
-            raw = row[i] if i is not None else ""
+        total: int | None = None
+        ok: int | None = None
+        for i, kind, name, limit, required in self._plan:
+            raw = row[i] if i >= 0 else ""
             if raw == "":
-                if col.required:
+                if required:
                     raise _Slow
-                if col.name == "created_at":
+                if kind == _K_TIME:
                     out.append(self.now_text)
-                elif col.name == "success_rate":
-                    rate = derive_success_rate(ints["agents_total"], ints["agents_successful"])
+                elif kind == _K_RATE:
+                    rate = derive_success_rate(total, ok)
                     out.append("\\N" if rate is None else format(rate, "f"))
                 else:
                     out.append("\\N")
-                    ints[col.name] = None
                 continue
-            name = col.name
-            if name in _INT_COLUMNS:
-                if not _INT_TEXT.fullmatch(raw):
+            if kind == _K_INT:
+                # [0-9]{1,10} and at most INT32_MAX
+                if not (len(raw) <= 10 and raw.isascii() and raw.isdigit()):
                     raise _Slow
-                value = int(raw)
-                if value > INT32_MAX:
+                if len(raw) == 10 and int(raw) > INT32_MAX:
                     raise _Slow
-                ints[name] = value
-            elif name == "cost_usd":
+                if name == "agents_total":
+                    total = int(raw)
+                elif name == "agents_successful":
+                    ok = int(raw)
+            elif kind == _K_COST:
                 if not _COST_TEXT.fullmatch(raw):
                     raise _Slow
-            elif name == "success_rate":
+            elif kind == _K_RATE:
                 if not _RATE_TEXT.fullmatch(raw) or Decimal(raw) > RATE_MAX:
                     raise _Slow
-            elif name == "created_at":
+            elif kind == _K_TIME:
                 if not _TIME_TEXT.fullmatch(raw):
                     raise _Slow
                 try:
@@ -431,19 +466,17 @@ class RowParser:
                     raise _Slow from None
                 if stamp < DATETIME_MIN:
                     raise _Slow
-            elif name == "run_id":
+            elif kind == _K_RUN_ID:
                 if not _RUN_ID_TEXT.fullmatch(raw) or raw != raw.strip() or not raw.isascii():
                     raise _Slow
-            else:  # campaign_id, phase
-                assert col.max_length is not None
-                if len(raw) > col.max_length or not _PLAIN_TEXT.fullmatch(raw):
-                    raise _Slow
-                if not raw.strip():
-                    raise _Slow  # blank: required (error) or NULL (phase); the reference decides
-                if not raw.isascii():
-                    raise _Slow
+            elif (  # campaign_id (required), phase
+                len(raw) > limit
+                or not _PLAIN_TEXT.fullmatch(raw)
+                or not raw.strip()  # blank: required (error) or NULL (phase); reference decides
+                or not raw.isascii()
+            ):
+                raise _Slow
             out.append(raw)
-        total, ok = ints.get("agents_total"), ints.get("agents_successful")
         if total is not None and ok is not None and ok > total:
             raise _Slow
         return out[1], "\t".join(out) + "\n"

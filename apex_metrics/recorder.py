@@ -43,6 +43,8 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from apex_metrics import bulk
+from apex_metrics.bulk import prepare_stage
 from apex_metrics.db import Q, database_url, describe, open_pool, wrap_query_error
 from apex_metrics.exceptions import (
     ApexMetricsError,
@@ -145,31 +147,20 @@ def validate_many(items: Iterable[MetricInput]) -> list[Metric]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Bulk path shared with the importer: COPY into a session temp table, then one upsert.
-
-
-async def prepare_stage(conn: AsyncConnection[Any]) -> None:
-    """Create (once per session) the temp staging table; call inside a transaction."""
-    await conn.execute(Q["create_stage"])
-    await conn.execute("TRUNCATE apex_metrics_stage")
+# Bulk path shared with the importer and the collector (apex_metrics/bulk.py): COPY straight
+# into the table when every run is new, else a session staging table and one ordered upsert.
 
 
 async def upsert_stage(conn: AsyncConnection[Any]) -> BulkResult:
     """Upsert every staged row into campaign_metrics (same transaction as the COPY)."""
-    cur = await conn.execute(Q["upsert_from_stage"])
-    row = await cur.fetchone()
-    assert row is not None
-    return BulkResult(inserted=int(row[0]), updated=int(row[1]))
+    inserted, updated = await bulk.upsert_stage(conn)
+    return BulkResult(inserted=inserted, updated=updated)
 
 
 async def write_metrics(conn: AsyncConnection[Any], metrics: Iterable[Metric]) -> BulkResult:
     """Write validated metrics in one transaction: all of them or, on any error, none."""
-    async with conn.transaction():
-        await prepare_stage(conn)
-        async with conn.cursor().copy(Q["copy_stage"]) as copy:
-            for metric in metrics:
-                await copy.write_row(metric.pg_values())
-        return await upsert_stage(conn)
+    inserted, updated = await bulk.write_metrics(conn, list(metrics))
+    return BulkResult(inserted=inserted, updated=updated)
 
 
 @dataclass
@@ -338,12 +329,18 @@ class Recorder:
             broken = False
             try:
                 async with self.pool.connection(timeout=timeout) as conn:
+                    # One statement: autocommit saves the BEGIN and COMMIT round trips.
+                    await conn.set_autocommit(True)
                     try:
                         cur = await conn.execute(Q["upsert_metric"], params)
                         row = await cur.fetchone()
                     except psycopg.OperationalError:
                         broken = conn.broken
                         raise
+                    finally:
+                        if not conn.broken:
+                            with contextlib.suppress(psycopg.Error):
+                                await conn.set_autocommit(False)
                 assert row is not None
                 return RecordResult(id=int(row[0]), version=int(row[1]), inserted=bool(row[2]))
             except psycopg.Error as exc:

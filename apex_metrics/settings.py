@@ -102,6 +102,18 @@ class Settings(BaseSettings):
     sync_run_retention_days: int = Field(
         default=30, ge=1, description="Days of sync run history to keep"
     )
+    sync_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Concurrent sync workers per process (unset: x-ms-dop-hint + 2)",
+    )
+    sync_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port where `apex-metrics sync` serves Prometheus /metrics (unset: none)",
+    )
 
     # --- Recorder spool -----------------------------------------------------------------------
     spool_dir: Path | None = Field(
@@ -137,10 +149,41 @@ class Settings(BaseSettings):
     collect_max_traces: int = Field(
         default=100_000, ge=1, description="Most traces `collect` holds in memory"
     )
+    collect_host: str = Field(
+        default="127.0.0.1",
+        description="Address `collect` listens on (off loopback APEX_INGEST_TOKEN is required)",
+    )
+    collect_port: int = Field(
+        default=4318, ge=1, le=65535, description="Port `collect` listens on (OTLP/HTTP's 4318)"
+    )
 
     # --- Panel and logs -----------------------------------------------------------------------
     panel_token: SecretStr | None = Field(
         default=None, description="Token required by the panel (mandatory off loopback)"
+    )
+    panel_host: str = Field(
+        default="127.0.0.1",
+        description="Address the panel listens on (off loopback APEX_PANEL_TOKEN is required)",
+    )
+    panel_port: int = Field(default=8000, ge=1, le=65535, description="Port of the panel")
+    panel_source: Literal["dataverse", "postgres"] | None = Field(
+        default=None,
+        description="Where the panel reads runs (unset: dataverse when APEX_DATAVERSE_URL is "
+        "set, else postgres)",
+    )
+    panel_root_path: str | None = Field(
+        default=None,
+        description="Path prefix the panel is served under behind a reverse proxy, e.g. "
+        "/metrics-panel (the proxy strips it or not: both work)",
+    )
+    panel_forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Comma-separated addresses (or *) of reverse proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto headers the panel trusts; empty: trust none",
+    )
+    panel_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The panel `apex-metrics verify` checks (gate 9); include the root path",
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log format")
 

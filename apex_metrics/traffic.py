@@ -5,6 +5,10 @@ latency profile; each run draws per-agent calls from those distributions and agg
 same way :class:`~apex_metrics.recorder.RunTracker` does (exact average, p95 as PostgreSQL's
 ``percentile_cont(0.95)``). A small share of runs are "bad days" with many failures and slow agents.
 The generator is seeded, so a seed always gives the same runs.
+
+History and live traffic share one density, :func:`runs_per_hour_at`: a smooth daily curve
+(busiest at 14:00 UTC, quietest at 02:00, ±35 % around the mean), so that the demo's last hour
+looks like the hours before it rather than like an incident.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ PROFILES: tuple[CampaignProfile, ...] = (
     CampaignProfile("holiday-promo", ("1", "2", "3", "4"), (10, 40), 0.94, 3100, 950,
                     Decimal("3"), Decimal("15"), 1800, (1, 4)),
 )  # fmt: skip
+
+
+DAILY_SWING = 0.35  # ± share of the mean over a day
+PEAK_HOUR_UTC = 14.0
+
+
+def runs_per_hour_at(when: datetime, mean_per_hour: float) -> float:
+    """The density of runs at ``when``: ``mean_per_hour`` shaped by a smooth daily curve (its
+    mean over a day is ``mean_per_hour``; one hour differs from the next by at most ~14 %)."""
+    hour = when.astimezone(UTC)
+    h = hour.hour + hour.minute / 60 + hour.second / 3600
+    return mean_per_hour * (1 + DAILY_SWING * math.cos(2 * math.pi * (h - PEAK_HOUR_UTC) / 24))
 
 
 def percentile_cont(values: list[float], fraction: float) -> float:
@@ -108,15 +124,25 @@ class TrafficGenerator:
         )
 
     def backfill(
-        self, days: float, *, per_hour: float = 12.0, now: datetime | None = None
+        self,
+        days: float,
+        *,
+        per_hour: float = 12.0,
+        now: datetime | None = None,
+        after: datetime | None = None,
     ) -> Iterator[Metric]:
-        """Runs spread over the last ``days`` days (busier in working hours), oldest first."""
+        """Runs spread over the last ``days`` days at the density of :func:`runs_per_hour_at`,
+        oldest first; ``after`` starts later (a window already filled up to then)."""
         end = now or datetime.now(UTC)
         t = end - timedelta(days=days)
+        if after is not None and after > t:
+            t = after
         while True:
-            hour = t.hour
-            rate = per_hour * (1.6 if 8 <= hour < 18 else 0.5)
-            t += timedelta(seconds=self.random.expovariate(rate / 3600.0))
+            t += timedelta(seconds=self.next_gap(t, per_hour))
             if t >= end:
                 return
             yield self.run(at=t)
+
+    def next_gap(self, when: datetime, per_hour: float) -> float:
+        """Seconds until the next run after ``when`` (exponential, at the density then)."""
+        return self.random.expovariate(runs_per_hour_at(when, per_hour) / 3600.0)

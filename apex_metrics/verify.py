@@ -284,30 +284,43 @@ class _Context:
 
     # -- 8 ------------------------------------------------------------------------------------
     async def reconcile(self) -> str:
+        """Counts on both sides, then a sample field by field. While the engine delivers, a
+        count can move between the reads: Dataverse passes when it holds at least the rows
+        PostgreSQL had delivered before and at most those delivered (or in flight) after;
+        a mismatch is looked at again twice, a second apart, before it fails."""
         from apex_metrics.sync.checks import same
 
         url = self._need_db()
         client = await self._dataverse()
+        for attempt in range(3):
+            before = await self._delivered(url)
+            remote = await _dataverse_count(client, before["first"], before["last"])
+            after = await self._delivered(url)
+            low, high = before["delivered"], after["delivered"] + after["in_flight"]
+            if low <= remote <= high:
+                break
+            if attempt < 2:
+                await asyncio.sleep(1.0)
+        else:
+            if remote > high:
+                raise _Failed(
+                    f"Dataverse holds {remote} rows, PostgreSQL has delivered {high}: "
+                    f"{remote - high} extra row(s) in Dataverse",
+                    "`apex-metrics reconcile` lists them; `apex-metrics reconcile --repair "
+                    "--delete-extra` deletes them (it asks first)",
+                )
+            raise _Failed(
+                f"PostgreSQL has delivered {low} rows, Dataverse holds {remote}",
+                "run `apex-metrics reconcile --repair`, then let the sync engine deliver",
+            )
         async with await db.connect(url) as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                "SELECT count(*) FILTER (WHERE exported_version > 0) AS delivered,"
-                " min(created_at) AS first, max(created_at) AS last FROM campaign_metrics"
-            )
-            counts = await cur.fetchone()
             await cur.execute(
                 "SELECT * FROM campaign_metrics WHERE exported_version = version"
                 " ORDER BY random() LIMIT %(n)s",
                 {"n": self.options.sample},
             )
             sample = await cur.fetchall()
-        assert counts is not None
-        remote = await _dataverse_count(client, counts["first"], counts["last"])
-        if remote != counts["delivered"]:
-            raise _Failed(
-                f"PostgreSQL has delivered {counts['delivered']} rows, Dataverse holds {remote}",
-                "run `apex-metrics reconcile --repair`, then let the sync engine deliver",
-            )
         from apex_metrics.sync.sink import dataverse_body
 
         differ = []
@@ -324,9 +337,24 @@ class _Context:
             )
         return f"{remote} rows on both sides; {len(sample)} sampled rows identical"
 
+    async def _delivered(self, url: str) -> dict[str, Any]:
+        async with await db.connect(url) as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT count(*) FILTER (WHERE c.exported_version > 0) AS delivered,"
+                " count(*) FILTER (WHERE c.exported_version = 0 AND EXISTS"
+                " (SELECT 1 FROM sync_leases AS l WHERE l.id = c.id)) AS in_flight,"
+                " min(c.created_at) AS first, max(c.created_at) AS last"
+                " FROM campaign_metrics AS c"
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return dict(row)
+
     # -- 9 ------------------------------------------------------------------------------------
     async def panel(self) -> str:
         base = self.options.panel_url.rstrip("/")
+        newest = await self._newest_delivered()  # before the panel answers: it may only be newer
         headers = {}
         if self.settings.panel_token is not None:
             headers["Authorization"] = f"Bearer {self.settings.panel_token.get_secret_value()}"
@@ -345,7 +373,6 @@ class _Context:
                 "check the panel's log; with APEX_PANEL_TOKEN set, verify sends it",
             )
         shown = answer.json().get("last_run_at")
-        newest = await self._newest_delivered()
         if newest is not None:
             seen = datetime.fromisoformat(shown) if shown else None
             if seen is None or seen < newest - timedelta(seconds=1):

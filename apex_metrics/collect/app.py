@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -30,6 +31,7 @@ from apex_metrics.collect.spans import request_facts
 from apex_metrics.collect.store import Limits, TraceStore
 from apex_metrics.collect.writer import RunWriter
 from apex_metrics.db import open_pool
+from apex_metrics.loopback import LoopbackHostGuard
 
 log = logging.getLogger("apex_metrics.collect")
 SHOW_REASONS = 5  # rejected spans named in partial_success.error_message; the rest are counted
@@ -223,4 +225,5 @@ def create_app(config: CollectConfig) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(LoopbackHostGuard)],  # DNS rebinding (apex_metrics.loopback)
     )

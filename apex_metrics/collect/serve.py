@@ -6,7 +6,7 @@ from pydantic import SecretStr
 
 from apex_metrics.collect.app import CollectConfig, create_app
 from apex_metrics.exceptions import ConfigError
-from apex_metrics.panel.security import is_loopback
+from apex_metrics.loopback import is_loopback
 
 
 def check_bind(host: str, token: SecretStr | None) -> None:

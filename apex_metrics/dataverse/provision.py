@@ -85,6 +85,7 @@ class ContractDrift(DataverseError):
     """The Dataverse table differs from the contract in ways provisioning must not repair."""
 
     hint = "fix each problem listed above as it says, then run `apex-metrics dataverse provision`"
+    exit_code = 3  # cli.EXIT_DIFFERENCES: differences found, told apart from errors
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,13 +23,48 @@ from apex_metrics.emulator.costs import Usage
 from apex_metrics.emulator.errors import ApiError
 from apex_metrics.emulator.faults import Decision, DropConnection, FaultInjector, Stats
 from apex_metrics.emulator.limits import Limiter
-from apex_metrics.emulator.messages import JSON_TYPE, ApiRequest, ApiResponse, Caller, dumps
+from apex_metrics.emulator.messages import (
+    JSON_TYPE,
+    ApiRequest,
+    ApiResponse,
+    Caller,
+    ascii_headers,
+    dumps,
+)
 from apex_metrics.emulator.servers import COOKIE, WebServers
 from apex_metrics.emulator.store import Store
+from apex_metrics.loopback import LoopbackHostGuard
 
 log = logging.getLogger("apex_metrics.emulator")
 API_PREFIX = "/api/data/v9.2"
 MAX_BODY_BYTES = 128 * 1024 * 1024
+MAX_TOKEN_BODY_BYTES = 1024 * 1024  # a client assertion is a few KB
+
+
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes (declared or streamed:
+    chunked bodies have no Content-Length)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _admin_refusal(request: Request) -> Response | None:
+    """Changes through the admin API need a JSON content type: a cross-site page can send a
+    form or text/plain without asking, never application/json (CORS preflight)."""
+    if request.method == "GET":
+        return None
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        return None
+    message = "the admin API takes Content-Type: application/json (cross-site forms refused)"
+    return JSONResponse({"error": {"code": "unsupported_media_type", "message": message}}, 415)
 
 
 class _DropFilter(logging.Filter):
@@ -71,8 +106,13 @@ class Emulator:
 
     async def token(self, request: Request) -> Response:
         started = time.perf_counter()
-        body = await request.body()
+        body = await read_capped(request, MAX_TOKEN_BODY_BYTES)
         try:
+            if body is None:
+                raise TokenError(
+                    413, "invalid_request", 900144,
+                    f"The request body is larger than {MAX_TOKEN_BODY_BYTES} bytes.",
+                )  # fmt: skip
             data = self.authority.issue(
                 request.path_params["tenant"],
                 body,
@@ -123,7 +163,7 @@ class Emulator:
         if decision.drop:
             self.stats.counters["faults.dropped"] += 1
             return DroppedResponse()
-        return Response(response.body, response.status, response.headers)
+        return Response(response.body, response.status, ascii_headers(response.headers))
 
     async def _answer(
         self, request: Request, base: str, path: str, server: int, decision: Decision,
@@ -174,9 +214,10 @@ class Emulator:
             if decision.delay:  # added latency counts as time in flight (concurrency limit)
                 await asyncio.sleep(decision.delay)
             length = request.headers.get("content-length", "0")
-            body = b""
-            if length.isdigit() and int(length) <= MAX_BODY_BYTES:
-                body = await request.body()
+            capped = await read_capped(request, MAX_BODY_BYTES)
+            body = capped or b""
+            if capped is None:
+                length = "too large"
             work_started = time.perf_counter()
             response = self._handle(request, base, path, caller, length, body, usage)
             work = time.perf_counter() - work_started
@@ -212,6 +253,9 @@ class Emulator:
     # --- admin API ---------------------------------------------------------------------------
 
     async def admin_reset(self, request: Request) -> Response:
+        refused = _admin_refusal(request)
+        if refused is not None:
+            return refused
         self.store.reset()
         self.web.solutions.reset()
         self.limiter.reset()
@@ -222,6 +266,9 @@ class Emulator:
         return JSONResponse({"reset": True})
 
     async def admin_faults(self, request: Request) -> Response:
+        refused = _admin_refusal(request)
+        if refused is not None:
+            return refused
         if request.method in ("PUT", "PATCH"):
             try:
                 changes = json.loads(await request.body() or b"{}")
@@ -329,4 +376,5 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         },
     )
     app.state.emulator = emulator
+    app.add_middleware(LoopbackHostGuard)
     return app

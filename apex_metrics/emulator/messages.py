@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from apex_metrics.emulator.costs import Usage
 from apex_metrics.emulator.errors import ApiError, bad_request
@@ -17,6 +17,9 @@ from apex_metrics.emulator.errors import ApiError, bad_request
 JSON_TYPE = "application/json; odata.metadata=minimal"
 _API_PREFIX = re.compile(r"^/?api/data/v9\.[0-2]/?", re.IGNORECASE)
 _MAX_PAYLOAD = 64 * 1024 * 1024
+# A JSON escape of a UTF-16 surrogate, or one encoded as UTF-8 bytes (read with surrogatepass).
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 @dataclass(slots=True)
@@ -91,7 +94,33 @@ def returns_representation(headers: Mapping[str, str]) -> bool:
 
 
 def decode_json(body: bytes) -> Any:
-    """A request body as JSON; a 400 with a Dataverse error body when it is not."""
+    """A request body as JSON; a 400 with a Dataverse error body when it is not, or when it
+    holds a lone surrogate (``"\\ud800"``: no UTF-8 text can store it)."""
+    value = _decode_json(body)
+    if _SURROGATE.search(body) or (body[:1] != b"{" and body[:3].count(b"\x00")):
+        try:
+            dumps(value)
+        except UnicodeEncodeError:
+            raise bad_request(
+                "The request body is not valid JSON: a string holds a lone UTF-16 surrogate.",
+                "0x80048d19",
+            ) from None
+    return value
+
+
+def header_value(value: str) -> str:
+    """A header value as ASCII: other characters percent-encoded as UTF-8 (``OData-EntityId``
+    of a key with non-ASCII text: HTTP headers carry Latin-1 at most, URIs ASCII)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe=_HEADER_SAFE)
+
+
+def ascii_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {name: header_value(value) for name, value in headers.items()}
+
+
+def _decode_json(body: bytes) -> Any:
     if len(body) > _MAX_PAYLOAD:
         raise ApiError(413, "0x80040216", "The request payload is too large.")
     raw = body or b"null"

@@ -37,6 +37,17 @@ RESERVED_SETS = {
     "entitydefinitions", "whoami", "audits", "createentities", "publishxml", "publishallxml",
 }  # fmt: skip
 _KEY_TYPES = {"String", "Integer", "Decimal", "DateTime", "BigInt"}
+# Dataverse sets no fixed number, only a row size ("a few hundred" columns in practice); SQLite
+# stops at 2,000. The emulator's choice: 1,000 columns a table, then 400 and nothing written.
+MAX_ATTRIBUTES = 1000
+
+
+def _too_many_attributes(count: int) -> ApiError:
+    return bad_request(
+        f"A table can have at most {MAX_ATTRIBUTES} columns in the emulator (this one would have"
+        f" {count}).",
+        INVALID_ARGUMENT,
+    )
 _SEGMENT = re.compile(r"^([A-Za-z][A-Za-z0-9_.]*)(?:\((.*)\))?$", re.DOTALL)
 _GUID = re.compile(r"^[0-9a-fA-F-]{36}$")
 
@@ -247,6 +258,8 @@ class MetadataApi:
             )
         if entity.entity_set_name.lower() in RESERVED_SETS:
             raise bad_request(f"The name '{entity.logical_name}' is reserved.", INVALID_ARGUMENT)
+        if len(entity.attributes) > MAX_ATTRIBUTES:
+            raise _too_many_attributes(len(entity.attributes))
         return entity
 
     def create_entities(self, request: ApiRequest) -> ApiResponse:
@@ -312,6 +325,8 @@ class MetadataApi:
                     raise bad_request(
                         "The entity already has a primary name attribute.", INVALID_ARGUMENT
                     )
+                if len(entity.attributes) >= MAX_ATTRIBUTES:
+                    raise _too_many_attributes(len(entity.attributes) + 1)
                 with self.store.transaction():
                     self.store.add_column(entity, attr)
                     self.solutions.add(solution, attr.metadata_id, ATTRIBUTE)

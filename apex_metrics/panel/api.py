@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import hmac
 import html
 import io
 from collections.abc import AsyncIterator
@@ -16,12 +15,20 @@ from pathlib import Path
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import SecretStr
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from apex_metrics.panel import assets
 from apex_metrics.panel.kpis import Totals, bucket_starts, bucket_width, jsonable, kpi_payload
 from apex_metrics.panel.live import Broadcaster, sse_payload
+from apex_metrics.panel.login import (
+    SESSION_SECONDS,
+    LoginRefused,
+    read_form,
+    safe_next,
+    same_origin,
+)
 from apex_metrics.panel.params import (
     FILTER_PARAMS,
     Filters,
@@ -29,12 +36,13 @@ from apex_metrics.panel.params import (
     parse_filters,
     parse_limit,
 )
-from apex_metrics.panel.security import COOKIE, login_form, safe_next, session_value
+from apex_metrics.panel.security import COOKIE, gate_of
 from apex_metrics.panel.sources import RUN_FIELDS, Source, SyncHealthReader
 
 PANEL_DIR: Final = Path(str(resources.files("apex_metrics.panel")))
 TEMPLATES: Final = PANEL_DIR / "templates"
 SSE_PING_SECONDS: Final = 15
+FORMULA_STARTS: Final = frozenset("=+-@\t\r")
 
 router = APIRouter()
 
@@ -79,16 +87,25 @@ def figures_json(totals: Totals) -> dict[str, Any]:
 
 
 @router.get("/", include_in_schema=False)
-async def page() -> FileResponse:
-    return FileResponse(TEMPLATES / "index.html", headers={"Cache-Control": "no-store"})
+async def page() -> HTMLResponse:
+    """The page, its assets linked by content hash (``assets.py``: cached for a year)."""
+    text = assets.render(TEMPLATES / "index.html")
+    return HTMLResponse(text, headers={"Cache-Control": "no-store"})
 
 
-def _login_page(message: str = "", status: int = 200, next_path: str = "/") -> HTMLResponse:
+def _login_page(
+    message: str = "",
+    status: int = 200,
+    next_path: str = "/",
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
     text = (TEMPLATES / "login.html").read_text(encoding="utf-8")
     text = text.replace("{{error}}", html.escape(message)).replace(
         "{{next}}", html.escape(next_path, quote=True)
     )
-    return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(
+        text, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
 
 
 @router.get("/login", include_in_schema=False)
@@ -98,27 +115,49 @@ async def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login", include_in_schema=False)
 async def login(request: Request) -> Response:
-    panel = state(request)
-    token_text, next_path = await login_form(request)
-    if panel.token is None:
+    """Sign in (see :mod:`apex_metrics.panel.login` for every check, in this order)."""
+    gate = gate_of(request)
+    client = request.client.host if request.client else "unknown"
+    try:
+        if gate is not None and not same_origin(request):
+            raise LoginRefused(403, "Sign in from the panel's own page.")
+        wait = gate.failures.retry_after(client) if gate is not None else 0
+        if wait:
+            raise LoginRefused(429, f"Too many wrong tokens: try again in {wait} s.", wait)
+        token_text, next_path = await read_form(request)
+    except LoginRefused as exc:
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return _login_page(exc.message, status=exc.status, headers=retry)
+    if gate is None:
         return Response(status_code=303, headers={"Location": next_path})
-    if not hmac.compare_digest(token_text.encode(), panel.token.get_secret_value().encode()):
+    if not gate.token_matches(token_text):
+        gate.failures.failed(client)
         return _login_page("Wrong token.", status=401, next_path=next_path)
+    old = request.cookies.get(COOKIE)
+    if old:
+        gate.sessions.end(old)
     response = Response(status_code=303, headers={"Location": next_path})
     response.set_cookie(
         COOKIE,
-        session_value(panel.token),
+        gate.sessions.start(),
         httponly=True,
         samesite="strict",
-        secure=panel.secure_cookie or request.url.scheme == "https",
-        max_age=7 * 86400,
+        secure=state(request).secure_cookie or request.url.scheme == "https",
+        max_age=SESSION_SECONDS,
         path="/",
     )
     return response
 
 
 @router.post("/logout", include_in_schema=False)
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    """End the session (its cookie no longer works, even if kept) and drop the cookie."""
+    gate = gate_of(request)
+    if gate is not None and not same_origin(request):
+        return _login_page("Sign out from the panel's own page.", status=403)
+    cookie = request.cookies.get(COOKIE)
+    if gate is not None and cookie:
+        gate.sessions.end(cookie)
     response = Response(status_code=303, headers={"Location": "/login"})
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -133,15 +172,6 @@ async def healthz(request: Request) -> JSONResponse:
     except Exception:
         return JSONResponse({"status": "degraded", "source": panel.source.name}, status_code=503)
     return JSONResponse({"status": "ok", "source": panel.source.name})
-
-
-@router.get("/static/vendor/plotly.min.js", include_in_schema=False)
-async def plotly_js() -> FileResponse:
-    """Plotly.js from the installed ``plotly`` package (never copied into the repository)."""
-    path = Path(str(resources.files("plotly").joinpath("package_data", "plotly.min.js")))
-    return FileResponse(
-        path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,6 +254,16 @@ async def runs(request: Request) -> dict[str, Any]:
     return {"source": panel.source.name, "window": window_json(filters), "runs": rows}
 
 
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs as a formula (OWASP, CSV injection): text that
+    starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
+        return "'" + value
+    return value
+
+
 @router.get("/api/runs.csv", tags=["api"], response_class=StreamingResponse)
 async def runs_csv(request: Request) -> StreamingResponse:
     """The window's runs as CSV, newest first (limit 1–1,000,000, default 100,000)."""
@@ -234,10 +274,17 @@ async def runs_csv(request: Request) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
+        # csv quotes "\n" (the line terminator) but not a bare "\r": rows with one are quoted
+        # whole, since spreadsheets and csv readers alike split lines at a bare "\r".
+        quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(RUN_FIELDS)
         count = 0
         async for run in panel.source.runs(filters, limit):
-            writer.writerow(["" if v is None else v for v in run_json(run).values()])
+            cells = [csv_cell(v) for v in run_json(run).values()]
+            if any(isinstance(c, str) and "\r" in c for c in cells):
+                quoted.writerow(cells)
+            else:
+                writer.writerow(cells)
             count += 1
             if count % 500 == 0:
                 yield buffer.getvalue()
@@ -272,6 +319,8 @@ async def sync(request: Request) -> dict[str, Any]:
         health = {"sync_engine": None, "message": "PostgreSQL not configured: no sync health"}
     else:
         health = await panel.sync.read()
+        if health.get("lag_seconds") is None:
+            health["lag_seconds"] = 0.0  # nothing waits: no lag (as `apex-metrics sync status`)
         for run in health.get("runs", []):
             for key in ("started_at", "ended_at"):
                 if isinstance(run.get(key), datetime):

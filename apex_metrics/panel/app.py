@@ -20,17 +20,26 @@ from typing import Any, Literal
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
+from starlette.middleware.gzip import GZipMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from apex_metrics import __version__
 from apex_metrics.exceptions import ApexMetricsError, ConfigError
-from apex_metrics.panel.api import PANEL_DIR, PanelState, router
+from apex_metrics.panel import assets
+from apex_metrics.panel.api import PanelState, router
 from apex_metrics.panel.live import Broadcaster, Watcher, listen
 from apex_metrics.panel.params import BadParameter
+from apex_metrics.panel.proxy import RootPathMiddleware
 from apex_metrics.panel.security import CSP, SecurityMiddleware, check_bind
-from apex_metrics.panel.sources import PostgresSource, Source, SyncHealthReader
+from apex_metrics.panel.sources import (
+    PostgresSource,
+    Source,
+    SyncHealthReader,
+    panel_conninfo,
+)
+from apex_metrics.rollup import run_refresher
 from apex_metrics.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,9 +56,12 @@ class PanelConfig:
     token: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    watch_interval: float = 1.0
+    watch_interval: float | None = None  # default: 0.5 s on postgres, 1 s on dataverse
     use_rollup: bool = True
+    refresh_rollup: bool = True  # run the rollup refresher (apex_metrics.rollup) in this process
     dataverse_options: dict[str, Any] = field(default_factory=dict)  # e.g. a test transport
+    root_path: str = ""  # behind a reverse proxy: served under this prefix (proxy.py)
+    forwarded_allow_ips: str = "127.0.0.1"  # proxies whose X-Forwarded-* are trusted ("": none)
 
     @classmethod
     def from_settings(
@@ -68,6 +80,8 @@ class PanelConfig:
             token=settings.panel_token,
             host=host,
             port=port,
+            root_path=settings.panel_root_path or "",
+            forwarded_allow_ips=settings.panel_forwarded_allow_ips,
         )
 
 
@@ -97,7 +111,7 @@ async def open_source(
     if config.database_url:
         try:
             pool = await stack.enter_async_context(
-                open_pool(config.database_url, min_size=1, max_size=8)
+                open_pool(panel_conninfo(config.database_url), min_size=1, max_size=8)
             )
         except ApexMetricsError:
             if config.source == "postgres":
@@ -144,15 +158,26 @@ def create_app(
                 source.watermark,
                 source.last_run_at,
                 broadcaster,
-                interval=config.watch_interval,
+                interval=config.watch_interval
+                or (0.5 if config.source == "postgres" else 1.0),
                 wake=wake,
             )
             tasks = [asyncio.create_task(watcher.run(), name="panel-watcher")]
             if config.source == "postgres" and config.database_url:
+                # New and changed runs NOTIFY apex_metrics_pending (the sync engine's channel):
+                # an early wake; the watcher's polling covers deletes and everything else.
                 tasks.append(
                     asyncio.create_task(
-                        listen(config.database_url, "apex_metrics_panel", wake),
+                        listen(config.database_url, "apex_metrics_pending", wake),
                         name="panel-listener",
+                    )
+                )
+            if config.refresh_rollup and config.database_url and sync_reader is not None:
+                # Whatever the source, a panel with PostgreSQL keeps the rollups folded, so that
+                # the log of stale hours stays short (apex_metrics.rollup).
+                tasks.append(
+                    asyncio.create_task(
+                        run_refresher(config.database_url), name="panel-rollup-refresher"
                     )
                 )
             try:
@@ -170,8 +195,11 @@ def create_app(
         lifespan=lifespan,
         redoc_url=None,
     )
+    @app.get("/static/{name:path}", include_in_schema=False)
+    async def static_asset(request: Request, name: str) -> Response:
+        return assets.respond(request, name)  # hashed URLs, ETag, gzip once (assets.py)
+
     app.include_router(router)
-    app.mount("/static", StaticFiles(directory=PANEL_DIR / "static"), name="static")
 
     @app.exception_handler(BadParameter)
     async def bad_parameter(request: Request, exc: BadParameter) -> JSONResponse:
@@ -187,6 +215,12 @@ def create_app(
         return JSONResponse({"error": "the database is unavailable; retrying"}, status_code=503)
 
     app.add_middleware(SecurityMiddleware, token=config.token, docs_csp=docs_csp())
+    # Outermost last: forwarded headers, then the root path, then compression (JSON, CSV, the
+    # page; event streams and the pre-compressed assets pass through untouched).
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.add_middleware(RootPathMiddleware, root_path=config.root_path)
+    if config.forwarded_allow_ips.strip():
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=config.forwarded_allow_ips)
     return app
 
 

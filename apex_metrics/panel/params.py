@@ -104,7 +104,8 @@ def parse_limit(params: Mapping[str, str], default: int, maximum: int) -> int:
     value = params.get("limit")
     if value is None or value == "":
         return default
-    if not value.isdigit():
+    # ASCII digits only ("²".isdigit() is true, int("²") fails), and few enough for int().
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > len(str(maximum)):
         raise BadParameter("limit", f"must be an integer from 1 to {maximum}")
     limit = int(value)
     if not 1 <= limit <= maximum:

@@ -1,18 +1,21 @@
-"""Panel security: the token gate, the login cookie, security headers, the bind-address rule.
+"""Panel security: the token gate, sessions, security headers, Host names, the bind-address rule.
 
 With ``APEX_PANEL_TOKEN`` set, every route but ``/healthz`` and the login page needs either
-``Authorization: Bearer <token>`` or the session cookie set by ``POST /login``. The cookie holds
-an HMAC of the token, never the token itself, and is ``HttpOnly``, ``SameSite=Strict`` (and
-``Secure`` over https). Pages get a Content-Security-Policy without inline scripts.
+``Authorization: Bearer <token>`` (the whole token: compared in constant time) or the session
+cookie set by ``POST /login``. The cookie holds a random server-side session id, never the token,
+and is ``HttpOnly``, ``SameSite=Strict`` (and ``Secure`` over https); see
+:mod:`apex_metrics.panel.login`. Pages get a Content-Security-Policy without inline scripts. A
+request that arrives on a loopback address must name a loopback ``Host``
+(:mod:`apex_metrics.loopback`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import ipaddress
+import logging
+from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from pydantic import SecretStr
 from starlette.datastructures import MutableHeaders
@@ -21,6 +24,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apex_metrics.exceptions import ConfigError
+from apex_metrics.loopback import host_refusal, is_loopback, send_refusal
+from apex_metrics.panel.login import MIN_TOKEN_CHARS, FailedLogins, Sessions
+
+log = logging.getLogger(__name__)
 
 COOKIE: Final = "apex_panel_session"
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/login", "/static/login.css"})
@@ -41,38 +48,48 @@ HEADERS: Final = {
 }
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, token: SecretStr | None) -> None:
-    """Refuse a non-loopback address without a token."""
+    """Refuse a non-loopback address without a token; warn when the token is short."""
     if not is_loopback(host) and (token is None or not token.get_secret_value()):
         raise ConfigError(
             f"refusing to serve the panel on {host} without APEX_PANEL_TOKEN",
             hint="set APEX_PANEL_TOKEN, or bind to 127.0.0.1",
         )
+    if token is not None and 0 < len(token.get_secret_value()) < MIN_TOKEN_CHARS:
+        log.warning(
+            "APEX_PANEL_TOKEN has %d characters: use at least %d random ones, e.g. the output "
+            "of: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            len(token.get_secret_value()),
+            MIN_TOKEN_CHARS,
+        )
 
 
-def session_value(token: SecretStr) -> str:
-    """What the cookie holds: an HMAC of the token (the token never reaches the browser)."""
-    return hmac.new(
-        token.get_secret_value().encode(), b"apex-metrics panel session v1", hashlib.sha256
-    ).hexdigest()
+@dataclass
+class Gate:
+    """The token, the sessions it opened and the failed sign-ins (one per app)."""
+
+    token: SecretStr
+    sessions: Sessions = field(default_factory=Sessions)
+    failures: FailedLogins = field(default_factory=FailedLogins)
+
+    def token_matches(self, text: str) -> bool:
+        secret = self.token.get_secret_value().encode()
+        return bool(text) and hmac.compare_digest(text.encode("utf-8", "surrogateescape"), secret)
+
+    def authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() == "bearer " and self.token_matches(header[7:].strip()):
+            return True
+        return self.sessions.valid(request.cookies.get(COOKIE, ""))
 
 
-def authorized(request: Request, token: SecretStr) -> bool:
-    secret = token.get_secret_value().encode()
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() == "bearer " and hmac.compare_digest(header[7:].strip().encode(), secret):
-        return True
-    cookie = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(cookie.encode(), session_value(token).encode())
+GATE_KEY: Final = "apex_metrics.panel.gate"
+
+
+def gate_of(request: Request) -> Gate | None:
+    """The app's :class:`Gate` (None without a token), as the middleware left it."""
+    gate: Gate | None = request.scope.get(GATE_KEY)
+    return gate
 
 
 class SecurityMiddleware:
@@ -80,13 +97,18 @@ class SecurityMiddleware:
 
     def __init__(self, app: ASGIApp, *, token: SecretStr | None, docs_csp: str | None) -> None:
         self.app = app
-        self.token = token if token and token.get_secret_value() else None
+        self.gate = Gate(token) if token and token.get_secret_value() else None
         self.docs_csp = docs_csp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refusal = host_refusal(scope)
+        if refusal is not None:
+            await send_refusal(send, *refusal)
+            return
+        scope[GATE_KEY] = self.gate
         path = scope["path"]
         csp = self.docs_csp if path == "/docs" and self.docs_csp else CSP
 
@@ -100,9 +122,9 @@ class SecurityMiddleware:
                     headers["Content-Security-Policy"] = csp
             await send(message)
 
-        if self.token is not None and path not in PUBLIC_PATHS:
+        if self.gate is not None and path not in PUBLIC_PATHS:
             request = Request(scope)
-            if not authorized(request, self.token):
+            if not self.gate.authorized(request):
                 await self._refuse(request)(scope, receive, send_with_headers)
                 return
         await self.app(scope, receive, send_with_headers)
@@ -118,17 +140,3 @@ class SecurityMiddleware:
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer realm="apex-metrics panel"'},
         )
-
-
-def safe_next(value: str | None) -> str:
-    """Only same-site relative paths (no open redirect)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    return value
-
-
-async def login_form(request: Request) -> tuple[str, str]:
-    """(token, next) from a urlencoded login form."""
-    body = (await request.body()).decode("utf-8", errors="replace")
-    form = parse_qs(body, max_num_fields=5)
-    return (form.get("token", [""])[0], safe_next(form.get("next", ["/"])[0]))

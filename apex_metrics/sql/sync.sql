@@ -353,6 +353,16 @@ FULL OUTER JOIN (
 ) AS r ON r.run_id = l.run_id
 ORDER BY coalesce(l.run_id, r.run_id);
 
+-- name: reconcile_extra_keys
+-- Keys Dataverse holds and PostgreSQL does not (reconcile --delete-extra), in key order, one
+-- page after %(after)s (keyset paging: each page is read and committed before any HTTP call).
+SELECT DISTINCT r.run_id
+FROM apex_metrics_reconcile_remote AS r
+WHERE r.run_id > %(after)s
+  AND NOT EXISTS (SELECT 1 FROM campaign_metrics AS l WHERE l.run_id = r.run_id)
+ORDER BY r.run_id
+LIMIT %(limit)s;
+
 -- name: ensure_slots
 -- Slots 0 … size-1 exist (x-ms-dop-hint may grow).
 INSERT INTO sync_slots (slot)

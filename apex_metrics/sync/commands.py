@@ -90,9 +90,13 @@ async def run_sync(
     return stats
 
 
-async def run_reconcile(settings: Settings, *, repair: bool) -> ReconcileReport:
+async def run_reconcile(
+    settings: Settings, *, repair: bool, delete_extra: bool = False
+) -> ReconcileReport:
     async with open_dataverse(settings) as client:
-        return await reconcile(settings.require("database_url"), client, repair=repair)
+        return await reconcile(
+            settings.require("database_url"), client, repair=repair, delete_extra=delete_extra
+        )
 
 
 def stats_lines(stats: EngineStats) -> list[str]:
@@ -115,6 +119,8 @@ def reconcile_lines(report: ReconcileReport) -> list[str]:
         lines.append(f"  {kind}: {shown}")
     if report.repaired:
         lines.append(f"re-queued {report.requeued} row(s) for delivery")
+    if report.deleted:
+        lines.append(f"deleted {report.deleted} extra row(s) from Dataverse")
     return lines
 
 

@@ -96,3 +96,7 @@ class FakeSink:
         """Every stored row with its key, like ``DataverseClient.query``."""
         for key, body in list(self.rows.items()):
             yield {"apex_runid": key, **body}
+
+    async def delete(self, entity_set: str, key: dict[str, str]) -> bool:
+        """Delete by key, like ``DataverseClient.delete``."""
+        return self.rows.pop(key["apex_runid"], None) is not None

@@ -6,12 +6,16 @@ transaction spans an HTTP call). Then one FULL OUTER JOIN of both sides, in key 
 through a server-side cursor, and repairs are written in chunks on a second connection.
 
 Rows still pending in PostgreSQL are reported as ``pending`` (the queue will deliver them), not
-as differences. A sync running at the same time can make a just-exported row look different;
-re-queuing it only re-sends it, which is harmless.
+as differences. ``delete_extra`` deletes, by key, the rows Dataverse holds and PostgreSQL does not
+(left by a database that was dropped or restored, or written by something else): the keys are
+read from the temp table a page at a time, each page committed before its DELETEs are sent.
+A sync running at the same time can make a just-exported row look different; re-queuing it only
+re-sends it, which is harmless.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +31,7 @@ Q = load_queries("sync.sql")
 PAGE_SIZE = 5000
 CHUNK = 5000  # rows per COPY commit, cursor fetch and repair statement
 SAMPLES = 20
+DELETE_CONCURRENCY = 8  # DELETE requests in flight at once (delete_extra)
 
 # Remote columns in the COPY order of reconcile_copy_remote.
 _REMOTE = [
@@ -60,6 +65,10 @@ class Source(Protocol):
         page_size: int = PAGE_SIZE,
     ) -> AsyncIterator[dict[str, Any]]: ...
 
+    async def delete(self, entity_set: str, key: dict[str, str]) -> bool:
+        """Delete by key (``DataverseClient.delete``; only with ``delete_extra``)."""
+        ...
+
 
 @dataclass
 class ReconcileReport:
@@ -72,6 +81,7 @@ class ReconcileReport:
     different: int = 0  # exported, but Dataverse holds other values
     duplicated: int = 0  # one key more than once in Dataverse
     requeued: int = 0
+    deleted: int = 0  # extra rows deleted from Dataverse (delete_extra)
     repaired: bool = False
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -95,6 +105,7 @@ class ReconcileReport:
             "different": self.different,
             "duplicated": self.duplicated,
             "requeued": self.requeued,
+            "deleted": self.deleted,
             "repaired": self.repaired,
             "clean": self.clean,
             "samples": self.samples,
@@ -109,8 +120,16 @@ def _remote_values(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 async def reconcile(
-    url: str | None, source: Source, *, repair: bool = False, entity_set: str = ENTITY_SET
+    url: str | None,
+    source: Source,
+    *,
+    repair: bool = False,
+    delete_extra: bool = False,
+    entity_set: str = ENTITY_SET,
 ) -> ReconcileReport:
+    """Compare both sides; ``repair`` re-queues missing and different rows, ``delete_extra``
+    deletes from Dataverse the rows PostgreSQL does not have (they then count as deleted, no
+    longer as extra)."""
     report = ReconcileReport(repaired=repair)
     async with await db.connect(url) as conn, await db.connect(url) as writer:
         await db.ensure_migrated(conn)
@@ -146,6 +165,10 @@ async def reconcile(
             await cur.close()
         if to_repair:
             report.requeued += await _requeue(writer, to_repair)
+        if delete_extra and report.extra:
+            report.deleted = await _delete_extra(conn, source, entity_set)
+            report.extra -= report.deleted
+            report.dataverse_rows -= report.deleted
         await conn.execute("DROP TABLE IF EXISTS apex_metrics_reconcile_remote")
         await conn.commit()
     return report
@@ -183,6 +206,26 @@ async def _copy(conn: Any, rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
             await copy.write_row(row)
     await conn.commit()
+
+
+async def _delete_extra(conn: Any, source: Source, entity_set: str) -> int:
+    """Delete every extra key, a page at a time; no transaction is open during the DELETEs."""
+    limit = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+    async def one(key: str) -> bool:
+        async with limit:
+            return await source.delete(entity_set, {ALTERNATE_KEY_COLUMN: key})
+
+    deleted = 0
+    after = ""
+    while True:
+        cur = await conn.execute(Q["reconcile_extra_keys"], {"after": after, "limit": CHUNK})
+        keys = [str(row[0]) for row in await cur.fetchall()]
+        await conn.commit()
+        if not keys:
+            return deleted
+        deleted += sum(await asyncio.gather(*(one(k) for k in keys)))
+        after = keys[-1]
 
 
 async def _requeue(writer: Any, ids: list[int]) -> int:

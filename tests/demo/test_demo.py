@@ -1,8 +1,11 @@
-"""`apex-metrics demo` in a subprocess: the panel's KPIs grow, SIGINT stops everything."""
+"""`apex-metrics demo` in a subprocess: the panel's KPIs grow, SIGINT stops everything; its
+export lines make `verify` pass in another process; a second run is idempotent."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -63,8 +66,8 @@ def data_dir() -> Iterator[Path]:
 
 def _start(port: int, data_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [CLI, "demo", "--rate", "6", "--backfill-days", "0.5", "--panel-port", str(port),
-         "--data-dir", str(data_dir), "--seed", "11", *extra],
+        [CLI, "demo", "--runs-per-hour", "3600", "--backfill-days", "0.01",
+         "--panel-port", str(port), "--data-dir", str(data_dir), "--seed", "11", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
 
@@ -130,3 +133,97 @@ def test_demo_on_embedded_postgres_leaves_no_server(data_dir: Path) -> None:
     assert later > first
     pidfile = data_dir / "postgres" / "pgdata" / "postmaster.pid"
     assert not pidfile.exists(), "the embedded PostgreSQL is still running"
+
+
+def _exports(lines: list[str]) -> dict[str, str]:
+    """The `export APEX_…=…` lines the demo printed, parsed as a shell would."""
+    out = {}
+    for line in lines:
+        words = shlex.split(line.strip())
+        if len(words) == 2 and words[0] == "export" and words[1].startswith("APEX_"):
+            name, _, value = words[1].partition("=")
+            out[name] = value
+    return out
+
+
+def _verify(exported: dict[str, str]) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")} | exported
+    done = subprocess.run(
+        [CLI, "verify", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    report: dict[str, object] = json.loads(done.stdout)
+    failed = [g for g in report["gates"] if not g["ok"]]  # type: ignore[attr-defined]
+    assert done.returncode == 0 and not failed, failed
+    return report
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is not None:
+        return ""
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_exports_make_verify_pass_and_a_second_run_is_idempotent(
+    database_url: str, empty_database_url: str, data_dir: Path
+) -> None:
+    """A first demo prints exports with which `verify` passes its 10 gates elsewhere; a second
+    over the same database backfills only the gap; a third over another database (the
+    emulator keeping the first one's rows) deletes those extras, and verify passes again."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
+    port = free_port()
+    first = _start(port, data_dir, {**base, "APEX_DATABASE_URL": database_url})
+    try:
+        lines = _wait_for_panel(first, port)
+        exported = _exports(lines)
+        assert {"APEX_DATABASE_URL", "APEX_DATAVERSE_URL", "APEX_PANEL_URL"} <= set(exported)
+        env_file = data_dir / "demo.env"
+        assert _exports(env_file.read_text().splitlines()) == exported
+        deadline = time.monotonic() + 30
+        while _runs(port) == 0 and time.monotonic() < deadline:  # the backfill is syncing
+            time.sleep(0.5)
+        _verify(exported)
+    finally:
+        out = _stop(first)
+    assert not env_file.exists(), "demo.env outlived the demo"
+    assert "backfill: " in "\n".join(lines) and " over 0.01 day(s)" in "\n".join(lines)
+
+    second = _start(port, data_dir, {**base, "APEX_DATABASE_URL": database_url})
+    try:
+        lines = _wait_for_panel(second, port)
+    finally:
+        out = _stop(second)
+    backfill = next(line for line in lines if line.startswith("backfill: "))
+    assert "since the newest recorded run" in backfill, backfill
+    assert int(backfill.split()[1]) < 200, backfill  # the minutes of gap, not 0.01 day again
+
+    third = _start(port, data_dir, {**base, "APEX_DATABASE_URL": empty_database_url})
+    try:
+        lines = _wait_for_panel(third, port)
+        reconciled = next(x for x in lines if x.startswith("reconcile: ") and "rows" in x)
+        assert "deleted " in reconciled and "extra 0" in reconciled, reconciled
+        deadline = time.monotonic() + 30
+        while _runs(port) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        _verify(_exports(lines))
+    finally:
+        out = _stop(third)
+    assert "stopped cleanly" in out
+
+
+def test_status_line_off_a_terminal_is_printed_on_change_not_every_second(
+    database_url: str, data_dir: Path
+) -> None:
+    port = free_port()
+    env = {**os.environ, "APEX_DATABASE_URL": database_url}
+    proc = subprocess.Popen(
+        [CLI, "demo", "--runs-per-hour", "0", "--panel-port", str(port), "--data-dir",
+         str(data_dir), "--duration", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    status = [line for line in out.splitlines() if line.startswith("runs recorded")]
+    assert 1 <= len(status) <= 2, out  # nothing changes: one line, not one a second

@@ -170,6 +170,13 @@ async def test_reconcile_gate(database_url: str, emulator: RunningEmulator) -> N
     await _sync_once(settings)
     g = gate(await run_verify(settings, VerifyOptions(sample=50)), "reconcile")
     assert g.ok and "20 rows on both sides" in g.figure
+    # A row Dataverse holds and PostgreSQL does not: the advice is the command that removes it.
+    async with open_dataverse(settings) as client:
+        ghost = {metric.ALTERNATE_KEY_COLUMN: "ghost-run"}
+        await client.upsert(metric.ENTITY_SET, ghost, {**runs[2].to_dataverse(), **ghost})
+    g = gate(await run_verify(settings, VerifyOptions()), "reconcile")
+    assert not g.ok and "1 extra row(s)" in g.figure
+    assert g.hint and "reconcile --repair --delete-extra" in g.hint
 
 
 class _Panel:

@@ -120,7 +120,7 @@ def shared_emulator() -> Iterator[RunningEmulator]:
 
 @pytest.fixture
 def emulator(shared_emulator: RunningEmulator) -> RunningEmulator:
-    reset = httpx.post(f"{shared_emulator.url}/_emulator/reset", timeout=10)
+    reset = httpx.post(f"{shared_emulator.url}/_emulator/reset", json={}, timeout=10)
     assert reset.status_code == 200
     faults = httpx.put(f"{shared_emulator.url}/_emulator/faults", json={}, timeout=10)
     assert faults.status_code == 200

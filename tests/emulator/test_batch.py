@@ -6,13 +6,13 @@ import re
 
 import httpx
 
-from apex_metrics.dataverse.multipart import (
+from apex_metrics.dataverse.multipart_decode import decode_batch_response
+from apex_metrics.dataverse.multipart_encode import encode_batch_request
+from apex_metrics.dataverse.multipart_parts import (
     BatchPart,
     BatchResponseItem,
     ChangeSet,
     ChangeSetResponse,
-    decode_batch_response,
-    encode_batch_request,
     flatten_responses,
 )
 from tests.emulator.conftest import SET

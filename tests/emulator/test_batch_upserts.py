@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_metrics.dataverse.multipart import (
+from apex_metrics.dataverse.multipart_decode import decode_batch_response
+from apex_metrics.dataverse.multipart_encode import encode_batch_request
+from apex_metrics.dataverse.multipart_parts import (
     BatchPart,
     BatchResponseItem,
     ChangeSet,
     ChangeSetResponse,
-    decode_batch_response,
-    encode_batch_request,
     flatten_responses,
 )
 from apex_metrics.emulator import batch_upserts
@@ -134,7 +134,7 @@ def run_both(
     monkeypatch.setattr(batch_upserts.Upserts, "_keyed", counted)
     for fast in (True, False):
         monkeypatch.setattr(batch_upserts, "FAST_PATH", fast)
-        assert httpx.post(f"{emulator.url}/_emulator/reset", timeout=10).status_code == 200
+        assert httpx.post(f"{emulator.url}/_emulator/reset", json={}, timeout=10).status_code == 200
         create_metrics_table(client)
         recorder = Recorder(client)
         scenario(recorder)

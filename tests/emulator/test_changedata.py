@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from apex_metrics.dataverse.multipart import BatchPart, ChangeSet, encode_batch_request
+from apex_metrics.dataverse.multipart_encode import encode_batch_request
+from apex_metrics.dataverse.multipart_parts import BatchPart, ChangeSet
 from apex_metrics.emulator import CostModel, EmulatorConfig
 from apex_metrics.testing import running_emulator
 from tests.emulator.conftest import SET, api_client, create_metrics_table
@@ -85,7 +86,7 @@ def test_a_reset_forgets_the_lists_of_names(tmp_path: Path) -> None:
     with running_emulator(config) as emu, api_client(emu) as client:
         create_metrics_table(client)
         assert client.patch(f"{SET}(apex_runid='a')", json={"apex_tokensin": 1}).is_success
-        assert httpx.post(f"{emu.url}/_emulator/reset", timeout=10).status_code == 200
+        assert httpx.post(f"{emu.url}/_emulator/reset", json={}, timeout=10).status_code == 200
         create_metrics_table(client)
         answer = client.patch(f"{SET}(apex_runid='b')", json={"apex_agentstotal": 2})
         assert answer.is_success, answer.text

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_metrics.dataverse.multipart import BatchPart, ChangeSet, encode_batch_request
+from apex_metrics.dataverse.multipart_encode import encode_batch_request
+from apex_metrics.dataverse.multipart_parts import BatchPart, ChangeSet
 from apex_metrics.emulator import CostModel, EmulatorConfig, ServiceLimits, Usage, batch_upserts
 from apex_metrics.testing import RunningEmulator, running_emulator
 from tests.emulator.conftest import SET, TABLE, api_client, create_metrics_table, emulator_stats

@@ -126,7 +126,8 @@ def test_reset_clears_tables_and_stats(
     emulator: RunningEmulator, client: httpx.Client, table: str
 ) -> None:
     client.patch("apex_campaignmetricses(apex_runid='r')", json={})
-    assert httpx.post(f"{emulator.url}/_emulator/reset", timeout=10).json() == {"reset": True}
+    reset = httpx.post(f"{emulator.url}/_emulator/reset", json={}, timeout=10)
+    assert reset.json() == {"reset": True}
     stats = httpx.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
     assert stats["tables"] == {}
     assert stats["counters"] == {}

@@ -50,7 +50,7 @@ def served() -> Iterator[RunningEmulator]:
 
 @pytest.fixture
 def client(served: RunningEmulator) -> Iterator[httpx.Client]:
-    assert httpx.post(f"{served.url}/_emulator/reset", timeout=10).status_code == 200
+    assert httpx.post(f"{served.url}/_emulator/reset", json={}, timeout=10).status_code == 200
     with api_client(served) as http:
         yield http
 
@@ -153,7 +153,7 @@ def test_publish_is_accepted_and_recorded(served: RunningEmulator, client: httpx
         {"action": "PublishXml", "entities": ["apex_campaignmetrics"]},
         {"action": "PublishAllXml", "entities": []},
     ]
-    httpx.post(f"{served.url}/_emulator/reset", timeout=10)
+    httpx.post(f"{served.url}/_emulator/reset", json={}, timeout=10)
     assert emulator_stats(served)["publishes"] == []
 
 
@@ -162,7 +162,7 @@ def test_reset_keeps_the_seeded_solutions_and_forgets_components(
 ) -> None:
     assert client.post("EntityDefinitions", json=TABLE_BODY, headers=IN_SOLUTION).status_code == 204
     assert client.get("solutioncomponents/$count").text == "2"
-    assert httpx.post(f"{served.url}/_emulator/reset", timeout=10).status_code == 200
+    assert httpx.post(f"{served.url}/_emulator/reset", json={}, timeout=10).status_code == 200
     assert client.get("solutioncomponents/$count").text == "0"
     assert client.get("solutions/$count").text == "3"
 

@@ -106,7 +106,7 @@ def test_the_affinity_cookie_keeps_a_client_on_its_server(emulator: RunningEmula
         headers=bearer(emulator) | {"Cookie": "ARRAffinity=" + "0" * 64},
     )
     assert affinity(stranger) == affinity(answers[0])  # server 0's turn again
-    assert httpx.post(f"{emulator.url}/_emulator/reset", timeout=10).status_code == 200
+    assert httpx.post(f"{emulator.url}/_emulator/reset", json={}, timeout=10).status_code == 200
     again = httpx.get(f"{emulator.api}/WhoAmI", headers=bearer(emulator))
     assert affinity(again) == affinity(answers[0])  # tokens are stable; round robin restarts
 
@@ -274,7 +274,7 @@ def test_stats_shape_and_reset(emulator: RunningEmulator) -> None:
     assert set(first["callers"]) == {emulator.config.client_id}
     assert set(first["callers"][emulator.config.client_id]) == SERVER_KEYS - {"server", "callers"}
     assert second["requests"] == 0 and second["callers"] == {}
-    assert httpx.post(f"{emulator.url}/_emulator/reset", timeout=10).status_code == 200
+    assert httpx.post(f"{emulator.url}/_emulator/reset", json={}, timeout=10).status_code == 200
     cleared = emulator_stats(emulator)["web_servers"]
     assert [s["requests"] for s in cleared] == [0, 0]
     assert [s["execution_seconds_total"] for s in cleared] == [0, 0]

@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 from apex_metrics.metric import RUN_ID_FORBIDDEN
 
 INT32 = 2_147_483_647
-text_chars = st.characters(codec="utf-8", exclude_characters="\x00")
-run_id_chars = st.characters(codec="utf-8", exclude_characters="\x00" + "".join(RUN_ID_FORBIDDEN))
+# Ids hold no control characters (Cc: C0, DEL, C1); metric.py rejects them.
+text_chars = st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"])
+run_id_chars = st.characters(
+    codec="utf-8", exclude_categories=["Cc", "Cs"], exclude_characters="".join(RUN_ID_FORBIDDEN)
+)
 
 
 def non_blank(chars: st.SearchStrategy[str], max_size: int) -> st.SearchStrategy[str]:
@@ -57,9 +60,9 @@ def valid_inputs(draw: st.DrawFn) -> dict[str, Any]:
 
 # field -> values that break that field's rule (and no other)
 BAD_VALUES: dict[str, list[Any]] = {
-    "campaign_id": ["", "  ", "x" * 65, 42],
-    "run_id": ["", "a/b", "a?b", "a+b", "r" * 65, " lead", None],
-    "phase": ["p" * 17, 3],
+    "campaign_id": ["", "  ", "x" * 65, 42, "tab\there", "bell\x07"],
+    "run_id": ["", "a/b", "a?b", "a+b", "r" * 65, " lead", None, "r\n1", "r\x851"],
+    "phase": ["p" * 17, 3, "2\r3", "\x1b[31m"],
     "agents_total": [-1, "abc", 2**31, 1.5],
     "assets_generated": [-1, "1e3", 2**31],
     "tokens_in": [-1, 2**31, "many"],

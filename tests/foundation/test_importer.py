@@ -184,12 +184,12 @@ async def test_sql_and_copy_looking_strings_are_stored_verbatim(
 ) -> None:
     text = (
         'campaign_id,run_id,phase\n"x\'); DROP TABLE campaign_metrics; --",r1,"\\N"\n'
-        '"tab\there ""quoted""",r2,\\.\n'
+        '"back\\slash ""quoted""",r2,\\.\n'
     )
     await import_file(write(tmp_path, "sql.csv", text), url=database_url)
     assert fetch(database_url, "r1")["campaign_id"] == "x'); DROP TABLE campaign_metrics; --"
     assert fetch(database_url, "r1")["phase"] == "\\N"
-    assert fetch(database_url, "r2")["campaign_id"] == 'tab\there "quoted"'
+    assert fetch(database_url, "r2")["campaign_id"] == 'back\\slash "quoted"'
     assert fetch(database_url, "r2")["phase"] == "\\."
 
 

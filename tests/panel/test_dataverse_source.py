@@ -135,7 +135,8 @@ async def test_dataverse_series_campaigns_and_runs_equal_sql(
     assert body["campaigns"]
     for row in body["campaigns"]:
         want = h.reference(seeded_url, start, end, row["campaign_id"], None)
-        for key in ("runs", "cost_usd", "success_rate", "latency_avg_ms", "cost_per_asset"):
+        for key in ("runs", "cost_usd", "success_rate", "latency_avg_ms", "cost_per_asset",
+                    "latency_p95_ms"):  # fmt: skip
             assert h.canon(row[key]) == want[key], (row["campaign_id"], key)
 
     params = {"window": "24h", "campaign": "spring-launch", "limit": "30"}
@@ -150,3 +151,4 @@ async def test_dataverse_series_campaigns_and_runs_equal_sql(
     sync = (await dv_client.get("/api/sync")).json()
     assert sync["source"] == "dataverse" and sync["sync_engine"] is True
     assert sync["last_run_at"] is not None
+    assert isinstance(sync["lag_seconds"], float)  # 0.0 when nothing waits, never null

@@ -13,6 +13,7 @@ import pytest
 
 from apex_metrics.panel.app import PanelConfig
 from apex_metrics.panel.kpis import change
+from apex_metrics.rollup import refresh_all
 
 CAMPAIGNS = ("spring-launch", "q4-retention", "o'brien test", "eu-rollout")
 FILTERS: list[dict[str, str]] = [
@@ -121,7 +122,8 @@ async def test_campaigns_equal_sql(h: Any, client: httpx.AsyncClient, seeded_url
             if ref["runs"] == "0":
                 assert campaign not in got
                 continue
-            for key in ("runs", "cost_usd", "success_rate", "cost_per_asset", "latency_avg_ms"):
+            for key in ("runs", "cost_usd", "success_rate", "cost_per_asset", "latency_avg_ms",
+                        "latency_p95_ms"):  # fmt: skip
                 assert h.canon(got[campaign][key]) == ref[key], (window, campaign, key)
         costs = [Decimal(row["cost_usd"]) for row in body["campaigns"]]
         assert costs == sorted(costs, reverse=True)
@@ -148,27 +150,42 @@ async def test_runs_and_csv_follow_filters(client: httpx.AsyncClient, seeded_url
     assert [line.split(",")[0] for line in lines[1:]] == want
 
 
+ROLLUP_EQUALS_ROWS = """
+    SELECT date_bin(%(grain)s::interval, created_at, timestamptz '2000-01-01 00:00:00+00'),
+           campaign_id, phase, count(*), coalesce(sum(cost_usd), 0),
+           coalesce(sum(agents_successful), 0), coalesce(sum(latency_avg_ms), 0),
+           count(latency_avg_ms), count(latency_p95_ms)
+    FROM campaign_metrics GROUP BY 1, 2, 3
+"""
+ROLLUP_ROWS = """
+    SELECT t, campaign_id, phase, runs, cost_usd, agents_successful, latency_avg_sum,
+           latency_avg_runs, latency_p95_runs
+    FROM apex_metrics_rollup WHERE grain = %(grain)s::interval
+"""
+HIST_EQUALS_ROWS = """
+    SELECT date_bin(%(grain)s::interval, created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
+           apex_metrics_latency_bucket(latency_p95_ms), count(*)
+    FROM campaign_metrics WHERE latency_p95_ms IS NOT NULL GROUP BY 1, 2, 3
+"""
+HIST_ROWS = """
+    SELECT t, phase, bucket, runs FROM apex_metrics_rollup_hist WHERE grain = %(grain)s::interval
+"""
+
+
+def assert_rollups_exact(conn: psycopg.Connection[Any]) -> None:
+    """Both grains of the rollup and histogram hold exactly the rows' sums (no extra rows)."""
+    for grain in ("1 hour", "1 day"):
+        args = {"grain": grain}
+        for rows, rollup in ((ROLLUP_EQUALS_ROWS, ROLLUP_ROWS), (HIST_EQUALS_ROWS, HIST_ROWS)):
+            assert conn.execute(rows + " EXCEPT " + rollup, args).fetchall() == [], grain
+            assert conn.execute(rollup + " EXCEPT " + rows, args).fetchall() == [], grain
+
+
 async def test_rollup_tracks_inserts_updates_and_deletes(seeded_url: str) -> None:
-    compare = """
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'),
-               campaign_id, phase, count(*), coalesce(sum(cost_usd), 0),
-               coalesce(sum(agents_successful), 0), coalesce(sum(latency_avg_ms), 0),
-               count(latency_avg_ms), count(latency_p95_ms)
-        FROM campaign_metrics GROUP BY 1, 2, 3
-        EXCEPT
-        SELECT hour, campaign_id, phase, runs, cost_usd, agents_successful, latency_avg_sum,
-               latency_avg_runs, latency_p95_runs
-        FROM apex_metrics_panel_rollup
-    """
-    hist = """
-        SELECT date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00:00+00'), phase,
-               apex_metrics_latency_bucket(latency_p95_ms), count(*)
-        FROM campaign_metrics WHERE latency_p95_ms IS NOT NULL GROUP BY 1, 2, 3
-        EXCEPT SELECT hour, phase, bucket, runs FROM apex_metrics_panel_latency_hist
-        WHERE runs > 0
-    """
+    watermark = "SELECT coalesce(max(id), 0), count(*) FROM apex_metrics_rollup_stale"
     with psycopg.connect(seeded_url) as conn:
-        seq_before = conn.execute("SELECT last_value FROM apex_metrics_panel_change_seq").fetchone()
+        assert_rollups_exact(conn)  # the fixture refreshed them
+        before = conn.execute(watermark).fetchone()
         conn.execute("UPDATE campaign_metrics SET cost_usd = cost_usd + 1, phase = '9'"
                      " WHERE id % 7 = 0")  # fmt: skip
         conn.execute("UPDATE campaign_metrics SET created_at = created_at - interval '5 hours',"
@@ -187,31 +204,17 @@ async def test_rollup_tracks_inserts_updates_and_deletes(seeded_url: str) -> Non
             " created_at = EXCLUDED.created_at"
         )
         conn.commit()
-        seq_mid = conn.execute("SELECT last_value FROM apex_metrics_panel_change_seq").fetchone()
-        # Sync bookkeeping changes nothing the panel reads: no rollup write, no change event.
+        mid = conn.execute(watermark).fetchone()
+        # Sync bookkeeping changes nothing the panel reads: nothing logged, no change event.
         conn.execute("UPDATE campaign_metrics SET exported_version = version, exported_at = now()")
         conn.commit()
-        seq_after = conn.execute("SELECT last_value FROM apex_metrics_panel_change_seq").fetchone()
-        assert conn.execute(compare).fetchall() == []
-        assert conn.execute(hist).fetchall() == []
-        reverse = hist.split("EXCEPT")
-        assert conn.execute(reverse[1] + " EXCEPT " + reverse[0]).fetchall() == []
-        daily = compare.replace("'1 hour'", "'1 day'").replace("SELECT hour,", "SELECT day,")
-        daily = daily.replace("apex_metrics_panel_rollup", "apex_metrics_panel_rollup_daily")
-        assert conn.execute(daily).fetchall() == []
-        hist_daily = hist.replace("'1 hour'", "'1 day'").replace("SELECT hour,", "SELECT day,")
-        hist_daily = hist_daily.replace("latency_hist", "latency_hist_daily")
-        assert conn.execute(hist_daily).fetchall() == []
-        nonzero = conn.execute(
-            "SELECT count(*) FROM apex_metrics_panel_rollup WHERE runs <> 0"
-        ).fetchone()
-        groups = conn.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT date_bin('1 hour', created_at,"
-            " timestamptz '2000-01-01 00:00:00+00'), campaign_id, phase FROM campaign_metrics) s"
-        ).fetchone()
-    assert nonzero == groups
-    assert seq_before is not None and seq_mid is not None and seq_mid[0] > seq_before[0]
-    assert seq_after == seq_mid
+        after = conn.execute(watermark).fetchone()
+        assert before is not None and mid is not None and mid[0] > before[0]
+        assert after == mid
+        report = await refresh_all(seeded_url)
+        assert report.hours > 0
+        assert_rollups_exact(conn)
+        assert conn.execute(watermark).fetchone() == (0, 0)
 
 
 def test_p95_of_buckets_stays_within_bucket_error(seeded_url: str) -> None:

@@ -56,9 +56,11 @@ async def test_once_status_reconcile_replay(stack: Stack) -> None:
 
     assert await stack.client.delete(ENTITY_SET, {ALTERNATE_KEY_COLUMN: "run-5"})
     found = await cli(stack, "reconcile")
-    assert found.returncode == 1
+    assert found.returncode == 3  # differences found, told apart from errors (1)
     assert "missing 1" in found.stdout and found.stderr.startswith("error: PostgreSQL and")
     assert "Traceback" not in found.stderr
+    as_json = await cli(stack, "reconcile", "--json")
+    assert as_json.returncode == 3 and json.loads(as_json.stdout)["missing"] == 1
     repaired = await cli(stack, "reconcile", "--repair", "--json")
     assert repaired.returncode == 0 and json.loads(repaired.stdout)["requeued"] == 1
     again = await cli(stack, "sync", "--once", "--json")

@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from apex_metrics.dataverse.flow import Flow
 from apex_metrics.dataverse.pacing import Pacer
 from apex_metrics.dataverse.retry import RetryPolicy
@@ -181,7 +183,9 @@ async def test_fenced_ack_ignores_a_claim_whose_lease_was_taken(database_url: st
     await assert_converged(database_url, second)
 
 
-async def test_replay_and_reconcile_repair(database_url: str) -> None:
+async def test_replay_and_reconcile_repair(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await insert_rows(database_url, 30)
     sink = FakeSink()
     await run_once(database_url, sink)
@@ -196,7 +200,13 @@ async def test_replay_and_reconcile_repair(database_url: str) -> None:
     assert report.samples["different"][0] == {"run_id": "run-2", "columns": ["tokens_in"]}
     assert report.requeued == 2
     await run_once(database_url, sink)
-    del sink.rows["ghost"]
+    assert not (await reconcile(database_url, sink, repair=True)).clean  # extras stay
+    for n in range(3):
+        sink.rows[f"ghost-{n}"] = dict(sink.rows["run-3"])
+    monkeypatch.setattr("apex_metrics.sync.reconcile.CHUNK", 3)  # extra keys span two pages
+    deleted = await reconcile(database_url, sink, delete_extra=True)
+    assert (deleted.deleted, deleted.extra, deleted.dataverse_rows) == (4, 0, 30)
+    assert "ghost" not in sink.rows and deleted.clean
     assert (await reconcile(database_url, sink)).clean
     assert await replay(database_url, datetime(2000, 1, 1, tzinfo=UTC)) == 30
     stats = await run_once(database_url, sink)

@@ -1,6 +1,7 @@
 // MetricsPanel page: filters in the URL, KPI tiles, Plotly charts, tables, live updates by SSE.
 // No framework and no build step; the only library is Plotly.js, served from the installed
-// Python package. Data is written with textContent only (never innerHTML).
+// Python package. Data is written with textContent only (never innerHTML). Every URL is relative
+// to the page, so the panel works under a reverse proxy's path prefix (APEX_PANEL_ROOT_PATH).
 "use strict";
 
 (function () {
@@ -12,6 +13,7 @@
   let source = null;
   let retryDelay = 1000;
   let knownRuns = new Set();
+  let lastSeries = null;
 
   // ---- URL <-> filters ------------------------------------------------------------------------
   function readUrl() {
@@ -130,25 +132,74 @@
     $("source").textContent = "source: " + data.source;
   }
 
-  const layout = (extra) => Object.assign({
-    margin: { l: 56, r: 16, t: 8, b: 36 }, showlegend: false, hovermode: "x unified",
-    xaxis: { type: "date" }, yaxis: { rangemode: "tozero" }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
-  }, extra || {});
+  // Colours come from the stylesheet, so the charts follow prefers-color-scheme with the page.
+  function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+
+  // All four charts share one time axis: the whole window, whatever buckets have data, and the
+  // same margins, so that a moment sits at the same x in each of them.
+  function layout(range, extra) {
+    const ink = css("--muted"), grid = css("--grid");
+    const axis = { gridcolor: grid, linecolor: grid, zerolinecolor: grid, tickfont: { color: ink } };
+    const base = {
+      margin: { l: 64, r: 16, t: 8, b: 36 }, showlegend: false, hovermode: "x unified",
+      font: { color: ink }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+      xaxis: Object.assign({ type: "date", range: range, autorange: false, fixedrange: false }, axis),
+      yaxis: Object.assign({ rangemode: "tozero", automargin: false }, axis),
+      hoverlabel: { bgcolor: css("--card"), font: { color: css("--ink") } },
+    };
+    const out = Object.assign(base, extra || {});
+    if (extra && extra.yaxis) out.yaxis = Object.assign({}, base.yaxis, extra.yaxis);
+    return out;
+  }
   const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
+  // A text alternative for each chart: a one-sentence summary and a visually hidden table.
+  function describe(id, caption, data, series) {
+    const pts = data.points;
+    const first = pts.length ? pts[0].t : data.window.start;
+    const parts = [];
+    for (const [label, key, unit] of series) {
+      const vals = pts.map((p) => p[key]).filter((v) => v !== null && v !== undefined).map(Number);
+      if (!vals.length) { parts.push(label + ": no data"); continue; }
+      const max = Math.max(...vals), at = pts.find((p) => Number(p[key]) === max).t;
+      parts.push(label + ": highest " + fmt(max, unit) + " at " + at.slice(0, 16).replace("T", " ") + " UTC, latest " + fmt(vals[vals.length - 1], unit));
+    }
+    const text = caption + ", " + pts.length + " buckets of " + Math.round(data.bucket_seconds / 60) + " min from " +
+      first.slice(0, 16).replace("T", " ") + " UTC. " + parts.join("; ") + ".";
+    $("sum-" + id).textContent = text;
+    $("chart-" + id).setAttribute("aria-label", text);
+    const table = $("data-" + id);
+    const head = el("tr"); head.append(el("th", "Bucket start (UTC)"));
+    for (const [label] of series) head.append(el("th", label));
+    const thead = el("thead"); thead.append(head);
+    const body = el("tbody");
+    for (const p of pts) {
+      const tr = el("tr"); tr.append(el("td", p.t.slice(0, 16).replace("T", " ")));
+      for (const [, key, unit] of series) tr.append(el("td", fmt(p[key], unit)));
+      body.append(tr);
+    }
+    table.replaceChildren(thead, body);
+  }
+
   function renderCharts(data) {
+    lastSeries = data;
+    describe("cost", "Cost (USD)", data, [["cost", "cost_usd", "usd"]]);
+    describe("tokens", "Tokens in / out", data, [["tokens in", "tokens_in"], ["tokens out", "tokens_out"]]);
+    describe("p95", "p95 of run p95s", data, [["p95 of run p95s", "latency_p95_ms", "ms"]]);
+    describe("success", "Success rate", data, [["success rate", "success_rate", "percent"]]);
+    document.body.dataset.chartPoints = String(data.points.length);
     if (!window.Plotly) return;
     const x = data.points.map((p) => p.t);
     const num = (k) => data.points.map((p) => (p[k] === null ? null : Number(p[k])));
-    Plotly.react("chart-cost", [{ x, y: num("cost_usd"), type: "bar", name: "cost", marker: { color: "#2f5fd0" } }], layout(), config);
+    const range = [data.window.start, data.window.end];
+    Plotly.react("chart-cost", [{ x, y: num("cost_usd"), type: "bar", name: "cost", marker: { color: css("--c-cost") } }], layout(range), config);
     Plotly.react("chart-tokens", [
-      { x, y: num("tokens_in"), type: "scatter", mode: "lines", name: "tokens in", line: { color: "#2f5fd0" } },
-      { x, y: num("tokens_out"), type: "scatter", mode: "lines", name: "tokens out", line: { color: "#d07a2f" } },
-    ], layout({ showlegend: true, legend: { orientation: "h", y: 1.12 } }), config);
-    Plotly.react("chart-p95", [{ x, y: num("latency_p95_ms"), type: "scatter", mode: "lines+markers", connectgaps: false, name: "p95 of run p95s", line: { color: "#8e44ad" } }], layout(), config);
-    Plotly.react("chart-success", [{ x, y: num("success_rate"), type: "scatter", mode: "lines+markers", name: "success rate", line: { color: "#1b7f3b" } }],
-      layout({ yaxis: { range: [0, 100.5] } }), config);
-    document.body.dataset.chartPoints = String(data.points.length);
+      { x, y: num("tokens_in"), type: "scatter", mode: "lines", name: "tokens in", line: { color: css("--c-cost") } },
+      { x, y: num("tokens_out"), type: "scatter", mode: "lines", name: "tokens out", line: { color: css("--c-out") } },
+    ], layout(range, { showlegend: true, legend: { orientation: "h", y: 1.12 } }), config);
+    Plotly.react("chart-p95", [{ x, y: num("latency_p95_ms"), type: "scatter", mode: "lines+markers", connectgaps: false, name: "p95 of run p95s", line: { color: css("--c-p95") } }], layout(range), config);
+    Plotly.react("chart-success", [{ x, y: num("success_rate"), type: "scatter", mode: "lines+markers", name: "success rate", line: { color: css("--c-success") } }],
+      layout(range, { yaxis: { range: [0, 100.5], rangemode: "normal" } }), config);
   }
 
   function renderCampaigns(data) {
@@ -158,10 +209,11 @@
       const tr = el("tr");
       tr.dataset.campaign = c.campaign_id;
       tr.append(el("td", c.campaign_id), el("td", fmt(c.runs)), el("td", fmt(c.cost_usd, "usd")), el("td", fmt(c.success_rate, "percent")),
-        el("td", fmt(c.latency_avg_ms, "ms")), el("td", fmt(c.cost_per_asset, "usd")), el("td", fmt(c.cost_per_successful_agent, "usd")));
+        el("td", fmt(c.latency_avg_ms, "ms")), el("td", fmt(c.latency_p95_ms, "ms")), el("td", fmt(c.cost_per_asset, "usd")),
+        el("td", fmt(c.cost_per_successful_agent, "usd")));
       body.append(tr);
     }
-    if (!data.campaigns.length) { const tr = el("tr"); const td = el("td", "No runs in this window."); td.colSpan = 7; tr.append(td); body.append(tr); }
+    if (!data.campaigns.length) { const tr = el("tr"); const td = el("td", "No runs in this window."); td.colSpan = 8; tr.append(td); body.append(tr); }
   }
 
   function renderRuns(data) {
@@ -209,7 +261,7 @@
 
   async function getJson(path) {
     const r = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-    if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("login required"); }
+    if (r.status === 401) { location.href = "login?next=" + encodeURIComponent("/" + location.search); throw new Error("login required"); }
     const body = await r.json();
     if (!r.ok) throw new Error(body.error || r.statusText);
     return body;
@@ -217,7 +269,7 @@
 
   async function options() {
     try {
-      const o = await getJson("/api/options");
+      const o = await getJson("api/options");
       const f = readUrl();
       for (const [id, list] of [["f-campaign", o.campaigns], ["f-phase", o.phases]]) for (const v of list) ensureOption($(id), v);
       showFilters(f);
@@ -227,11 +279,11 @@
   async function loadAll() {
     const f = readUrl();
     const qs = query(f);
-    $("csv-link").href = "/api/runs.csv?" + qs;
+    $("csv-link").href = "api/runs.csv?" + qs;
     try {
       const [k, s, c, r, y] = await Promise.all([
-        getJson("/api/kpis?" + qs), getJson("/api/series?" + qs), getJson("/api/campaigns?" + query(f, { limit: 20 })),
-        getJson("/api/runs?" + query(f, { limit: 20 })), getJson("/api/sync"),
+        getJson("api/kpis?" + qs), getJson("api/series?" + qs), getJson("api/campaigns?" + query(f, { limit: 20 })),
+        getJson("api/runs?" + query(f, { limit: 20 })), getJson("api/sync"),
       ]);
       renderTiles(k); renderCharts(s); renderCampaigns(c); renderRuns(r); renderSync(y);
       $("error").textContent = "";
@@ -257,7 +309,7 @@
 
   function connect() {
     if (source) source.close();
-    source = new EventSource("/api/events");
+    source = new EventSource("api/events");
     source.addEventListener("hello", () => { retryDelay = 1000; setStatus("live", "live"); refresh(); options(); });
     source.addEventListener("change", () => refresh());
     source.onerror = () => {
@@ -281,7 +333,9 @@
     }
     window.addEventListener("popstate", () => { showFilters(readUrl()); refresh(); });
     setInterval(tick, 1000);
-    setInterval(async () => { try { renderSync(await getJson("/api/sync")); } catch (e) { /* shown on next refresh */ } }, 5000);
+    setInterval(async () => { try { renderSync(await getJson("api/sync")); } catch (e) { /* shown on next refresh */ } }, 5000);
+    const dark = window.matchMedia("(prefers-color-scheme: dark)");
+    dark.addEventListener("change", () => { if (lastSeries) renderCharts(lastSeries); });
     options();
     refresh();
     connect();

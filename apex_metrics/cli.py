@@ -181,8 +181,8 @@ def record_run(
         typer.Option(
             "--json",
             metavar="JSON",
-            help="The whole run as a JSON object, e.g. '{\"campaign_id\": \"spring\", "
-            "\"run_id\": \"r-1\"}' (flags override its keys).",
+            help='The whole run as a JSON object, e.g. \'{"campaign_id": "spring", '
+            '"run_id": "r-1"}\' (flags override its keys).',
         ),
     ] = None,
     database_url: DatabaseUrlOption = None,
@@ -1083,8 +1083,7 @@ def panel_command(
         typer.Option(
             envvar="APEX_PANEL_HOST",
             show_envvar=True,
-            help="Address to bind; off loopback APEX_PANEL_TOKEN is required [default: "
-            "127.0.0.1].",
+            help="Address to bind; off loopback APEX_PANEL_TOKEN is required [default: 127.0.0.1].",
         ),
     ] = None,
     port: Annotated[

@@ -343,9 +343,7 @@ async def _backfill(
         row = await cur.fetchone()
     newest = row[0] if row else None
     runs = list(
-        gen.backfill(
-            options.backfill_days, per_hour=options.runs_per_hour, now=now, after=newest
-        )
+        gen.backfill(options.backfill_days, per_hour=options.runs_per_hour, now=now, after=newest)
     )
     result = await recorder.record_many(runs) if runs else None
     counters["backfilled"] = len(runs)

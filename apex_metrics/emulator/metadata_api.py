@@ -48,6 +48,8 @@ def _too_many_attributes(count: int) -> ApiError:
         f" {count}).",
         INVALID_ARGUMENT,
     )
+
+
 _SEGMENT = re.compile(r"^([A-Za-z][A-Za-z0-9_.]*)(?:\((.*)\))?$", re.DOTALL)
 _GUID = re.compile(r"^[0-9a-fA-F-]{36}$")
 

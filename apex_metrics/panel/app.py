@@ -158,8 +158,7 @@ def create_app(
                 source.watermark,
                 source.last_run_at,
                 broadcaster,
-                interval=config.watch_interval
-                or (0.5 if config.source == "postgres" else 1.0),
+                interval=config.watch_interval or (0.5 if config.source == "postgres" else 1.0),
                 wake=wake,
             )
             tasks = [asyncio.create_task(watcher.run(), name="panel-watcher")]
@@ -195,6 +194,7 @@ def create_app(
         lifespan=lifespan,
         redoc_url=None,
     )
+
     @app.get("/static/{name:path}", include_in_schema=False)
     async def static_asset(request: Request, name: str) -> Response:
         return assets.respond(request, name)  # hashed URLs, ETag, gzip once (assets.py)

@@ -37,6 +37,7 @@ import uvicorn
 from psycopg import sql
 
 from apex_metrics import db
+from apex_metrics.aio import wait_event
 from apex_metrics.embedded_pg import EmbeddedPostgres
 from apex_metrics.exceptions import ApexMetricsError
 from apex_metrics.settings import Settings
@@ -362,7 +363,7 @@ async def _traffic(
     while not stop.is_set() and per_hour > 0:
         with contextlib.suppress(TimeoutError):
             gap = gen.next_gap(datetime.now(UTC), per_hour)
-            await asyncio.wait_for(stop.wait(), timeout=gap)
+            await wait_event(stop, gap)
         if stop.is_set():
             return
         await recorder.record(gen.run())
@@ -385,7 +386,7 @@ async def _status(
     last_printed = time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=options.status_interval)
+            await wait_event(stop, options.status_interval)
         if deadline is not None and time.monotonic() >= deadline:
             stop.set()
         try:

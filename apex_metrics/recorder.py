@@ -44,6 +44,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from apex_metrics import bulk
+from apex_metrics.aio import wait_event
 from apex_metrics.bulk import prepare_stage
 from apex_metrics.db import Q, database_url, describe, open_pool, wrap_query_error
 from apex_metrics.exceptions import (
@@ -497,7 +498,7 @@ class Recorder:
                 pause = delay * random.uniform(0.5, 1.0)
                 delay = min(delay * 2, self._retry[1])
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), pause)
+                    await wait_event(self._closing, pause)
                 continue
             delay = self._retry[0]
             self.stats.delivered += report.delivered
@@ -512,7 +513,7 @@ class Recorder:
                 )
             if report.busy:  # another process is flushing (our runs too): look again shortly
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), 0.2)
+                    await wait_event(self._closing, 0.2)
                 continue
             if self.spool.has_runs():  # spooled while we flushed
                 continue

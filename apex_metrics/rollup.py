@@ -30,6 +30,7 @@ from psycopg import AsyncConnection
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from apex_metrics.aio import wait_event
 from apex_metrics.db import connect, database_url, describe, wrap_query_error
 from apex_metrics.sql import load_queries
 
@@ -155,7 +156,7 @@ async def run_refresher(
                     while await refresh_batch(conn, before=before) > 0:
                         pass
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), interval)
+                        await wait_event(stop, interval)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep refreshing: the database may come back
@@ -164,7 +165,7 @@ async def run_refresher(
                 log.warning("rollup refresher: %s", exc)
                 last_warning = now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
+                await wait_event(stop, 2.0)
 
 
 async def rebuild_with_progress(url: str | None, console: Console | None) -> RefreshReport:

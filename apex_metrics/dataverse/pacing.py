@@ -50,6 +50,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from apex_metrics.aio import wait_event
 from apex_metrics.dataverse.retry import RetryPolicy
 
 # Microsoft's default limits per web server: 1,200 s of execution and 6,000 requests per 300 s.
@@ -246,7 +247,7 @@ class Pacer:
             await self._sleep(seconds)
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(until.wait(), seconds)
+                await wait_event(until, seconds)
         if until is not None and until.is_set():
             raise SlotWaitStopped()
 
@@ -287,7 +288,7 @@ class Pacer:
                     continue
                 wait = POLL_SECONDS if taken.next_free is None else taken.next_free
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._released.wait(), min(max(wait, 0.001), 1.0))
+                    await wait_event(self._released, min(max(wait, 0.001), 1.0))
                 if until is not None and until.is_set():
                     raise SlotWaitStopped()
         now = self._clock()

@@ -22,6 +22,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from apex_metrics.aio import wait_event
+
 log = logging.getLogger(__name__)
 
 
@@ -104,7 +106,7 @@ class Watcher:
                 if self.errors in (1, 10) or self.errors % 100 == 0:
                     log.warning("panel watcher: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await wait_event(self._wake, self._interval)
             self._wake.clear()
 
 

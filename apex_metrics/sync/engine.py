@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from psycopg import conninfo
 
 from apex_metrics import db
+from apex_metrics.aio import wait_event
 from apex_metrics.dataverse.pacing import Pacer
 from apex_metrics.dataverse.retry import ROW_RETRY, RetryPolicy
 from apex_metrics.sync.listener import listen
@@ -251,7 +252,7 @@ class Engine:
             if tick % 720 == 0:  # about hourly at the default interval
                 await self._prune(queue)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=self.config.stats_interval)
+                await wait_event(self.stop, self.config.stats_interval)
 
     async def _heartbeat(self, queue: Queue) -> None:
         """Say "alive" every poll interval (the polls' own pace: a long interval lets an idle
@@ -261,7 +262,7 @@ class Engine:
             with contextlib.suppress(*DB_ERRORS):
                 await queue.heartbeat(self.id, len(self._workers))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=every)
+                await wait_event(self.stop, every)
 
     async def _prune(self, queue: Queue) -> None:
         with contextlib.suppress(*DB_ERRORS):

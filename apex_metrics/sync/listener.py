@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import psycopg
 
+from apex_metrics.aio import wait_event
+
 CHANNEL = "apex_metrics_pending"
 APPLICATION_NAME = "apex-metrics-sync-listener"
 log = logging.getLogger("apex_metrics.sync")
@@ -60,7 +62,7 @@ async def listen(
             )
             wake_all()
             try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                await wait_event(stop, delay)
             except TimeoutError:
                 pass
             delay = min(delay * 2, 10.0)

@@ -21,6 +21,7 @@ import httpx
 import psycopg
 import psycopg_pool
 
+from apex_metrics.aio import wait_event
 from apex_metrics.dataverse.errors import DataverseError, Throttled
 from apex_metrics.dataverse.pacing import Pacer, SlotWaitStopped
 from apex_metrics.dataverse.retry import RetryPolicy
@@ -146,7 +147,7 @@ class Worker:
         event = self.wake if wakeable else self.stop
         self.idle = wakeable
         try:
-            await asyncio.wait_for(event.wait(), timeout=seconds)
+            await wait_event(event, seconds)
         except TimeoutError:
             pass
         finally:

@@ -145,7 +145,7 @@ async def record_rates(url: str, single: int, bulk: int) -> tuple[float, float]:
     return one, many
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--single", type=int, default=2_000, help="record() calls to time")
@@ -218,7 +218,9 @@ def main() -> None:
     print(f"raw COPY of {args.bulk:,} rows (floor)    {floor_many:>12,.0f} rows/s")
     print(f"record_many ({args.bulk:,} rows)         {many:>12,.0f} rows/s  = "
           f"{many / floor_many:.2f}   (goal >= 0.5)")  # fmt: skip
+    met = named / imported >= 0.5 and one / floor_one >= 0.5 and many / floor_many >= 0.5
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -188,7 +188,7 @@ async def bench(url: str, iterations: int, raw_iterations: int) -> list[dict[str
     return results
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, action="append", help="rows to generate (repeatable)")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -233,7 +233,11 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
+    met = all(
+        r["p95_ms"] < 100 for entry in report for r in entry["results"] if r["mode"] == "rollup"
+    ) and all(float(entry["freshness"]["kpis_max_s"]) < 1.0 for entry in report)
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

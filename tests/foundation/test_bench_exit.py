@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-# Goals judged by exit status. import, writers and panel belong to the rollups work (issue 18
-# leaves their exit status to it); every other benchmark of bench/report.py is here.
-WITH_GOALS = ["emulator_bench", "sync_bench", "collect_bench", "reliability_soak"]
+# Goals judged by exit status: every benchmark of bench/report.py.
+WITH_GOALS = [
+    "emulator_bench", "sync_bench", "collect_bench", "reliability_soak",
+    "import_bench", "writers_bench", "panel_bench",
+]  # fmt: skip
 
 
 def exits_with_main(source: str) -> bool:

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from apex_metrics.aio import cancel_and_wait
 from apex_metrics.collect import wire
 from apex_metrics.collect.errors import CollectError, Unauthorized, Unavailable
 from apex_metrics.collect.metrics import CollectMetrics
@@ -199,9 +200,7 @@ async def running(app: Starlette, config: CollectConfig) -> AsyncIterator[Collec
             yield collector
         finally:
             app.state.collector = None
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             store.finalise_all()
             for _ in range(3):
                 if not store.dirty or await writer.write_once():

@@ -26,6 +26,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from apex_metrics import __version__
+from apex_metrics.aio import cancel_and_wait
 from apex_metrics.exceptions import ApexMetricsError, ConfigError
 from apex_metrics.panel import assets
 from apex_metrics.panel.api import PanelState, router
@@ -183,9 +184,7 @@ def create_app(
                 yield
             finally:
                 panel.closing = True
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(tasks)
 
     app = FastAPI(
         title="apex-metrics MetricsPanel",

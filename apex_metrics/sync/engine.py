@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from psycopg import conninfo
 
 from apex_metrics import db
-from apex_metrics.aio import wait_event
+from apex_metrics.aio import cancel_and_wait, wait_event
 from apex_metrics.dataverse.pacing import Pacer
 from apex_metrics.dataverse.retry import ROW_RETRY, RetryPolicy
 from apex_metrics.sync.listener import listen
@@ -221,9 +221,7 @@ class Engine:
             await self._wait_workers(tasks)
         finally:
             self.stop.set()
-            for t in side:
-                t.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
+            await cancel_and_wait(side)
         log.info("sync stopped", extra={"event": "stopped", "stats": self.stats.as_dict()})
 
     async def _wait_workers(self, tasks: list[asyncio.Task[None]]) -> None:

@@ -38,3 +38,24 @@ async def test_it_times_out_or_returns_when_set() -> None:
     asyncio.get_running_loop().call_later(0.01, wake.set)
     await wait_event(wake, 2.0)
     assert wake.is_set()
+
+
+async def test_cancel_and_wait_cancels_again_what_swallowed_a_cancellation() -> None:
+    from apex_metrics.aio import cancel_and_wait
+
+    swallowed = 0
+
+    async def stubborn() -> None:  # drops the first cancellation, as 3.11's wait_for can
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 1:
+                    raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait([task]), 5)
+    assert task.cancelled() and swallowed == 2

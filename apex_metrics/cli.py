@@ -1260,19 +1260,13 @@ def collect_command(
     import asyncio
     import dataclasses
 
+    # without the collect extra, main() names it (apex_metrics/extras.py)
+    from apex_metrics.collect.app import CollectConfig
+    from apex_metrics.collect.serve import check_bind, serve
+    from apex_metrics.collect.store import Limits
     from apex_metrics.db import database_url as resolve_url
-    from apex_metrics.exceptions import ConfigError
     from apex_metrics.settings import get_settings
 
-    try:
-        from apex_metrics.collect.app import CollectConfig
-        from apex_metrics.collect.serve import check_bind, serve
-        from apex_metrics.collect.store import Limits
-    except ImportError as exc:
-        raise ConfigError(
-            f"collect needs its extra dependencies ({exc.name} is missing)",
-            hint="pip install 'apex-metrics[collect]'",
-        ) from exc
     settings = get_settings()
     host = host or settings.collect_host
     port = port or settings.collect_port

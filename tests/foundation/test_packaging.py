@@ -114,7 +114,12 @@ def test_the_core_runs_without_any_extra(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("argv", "extra"),
-    [(["panel"], "panel"), (["emulator"], "emulator"), (["--debug", "demo"], "demo")],
+    [
+        (["panel"], "panel"),
+        (["emulator"], "emulator"),
+        (["collect"], "collect"),
+        (["--debug", "demo"], "demo"),
+    ],
 )
 def test_a_command_without_its_extra_names_the_extra(
     argv: list[str], extra: str, tmp_path: Path

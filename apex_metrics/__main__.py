@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from apex_metrics.cli import main
+from apex_metrics.ops.cli import main
 
 main()

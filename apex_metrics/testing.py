@@ -5,12 +5,15 @@
 
 With ``tls=True`` it serves https with a certificate from a throw-away test CA (trustme) and
 ``emu.ca_file`` is the CA's PEM file, to give to clients (``verify=``, ``REQUESTS_CA_BUNDLE``).
+``emulator_process`` runs ``apex-metrics emulator`` in a process of its own (benchmarks).
+``free_port`` (``apex_metrics.ops.serving``) and ``tls_files`` (``apex_metrics.emulator.serve``,
+which ``emulator --tls`` uses) live with the code that needs them and are re-exported for tests.
+The sync engine's fake sink is ``apex_metrics.sync.fakes``.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,10 @@ import httpx
 import uvicorn
 
 from apex_metrics.emulator import CostModel, EmulatorConfig, create_app
+from apex_metrics.emulator.serve import tls_files
+from apex_metrics.ops.serving import free_port
+
+__all__ = ["RunningEmulator", "emulator_process", "free_port", "running_emulator", "tls_files"]
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
@@ -49,34 +56,9 @@ class RunningEmulator:
         return f"{self.url}/{self.config.tenant_id}/oauth2/v2.0/token"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the main thread keeps its own handlers
         pass
-
-
-def tls_files(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A test CA and a server certificate for ``host``: (ca.pem, cert.pem, key.pem)."""
-    import trustme
-
-    ca = trustme.CA()
-    server = ca.issue_cert(host, "localhost")
-    ca_file, cert_file, key_file = (
-        directory / "ca.pem",
-        directory / "cert.pem",
-        directory / "key.pem",
-    )
-    ca.cert_pem.write_to_path(str(ca_file))
-    server.cert_chain_pems[0].write_to_path(str(cert_file))
-    for pem in server.cert_chain_pems[1:]:
-        pem.write_to_path(str(cert_file), append=True)
-    server.private_key_pem.write_to_path(str(key_file))
-    return ca_file, cert_file, key_file
 
 
 @contextmanager

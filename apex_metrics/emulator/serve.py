@@ -82,6 +82,25 @@ class StartupInfo:
         return lines
 
 
+def tls_files(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for ``host``: (ca.pem, cert.pem, key.pem)."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert(host, "localhost")
+    ca_file, cert_file, key_file = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca.cert_pem.write_to_path(str(ca_file))
+    server.cert_chain_pems[0].write_to_path(str(cert_file))
+    for pem in server.cert_chain_pems[1:]:
+        pem.write_to_path(str(cert_file), append=True)
+    server.private_key_pem.write_to_path(str(key_file))
+    return ca_file, cert_file, key_file
+
+
 def _check_port(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -113,8 +132,6 @@ async def serve(
         ssl: dict[str, str] = {}
         ca_file = None
         if tls:
-            from apex_metrics.testing import tls_files
-
             ca_file, cert_file, key_file = tls_files(Path(tmp), host)
             ssl = {"ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file)}
         try:

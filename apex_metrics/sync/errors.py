@@ -20,7 +20,7 @@ class SyncIncomplete(SyncError):
     """Some rows could not be delivered."""
 
     hint = "see `apex-metrics sync status` for the errors; fix the cause, then `sync retry-dead`"
-    exit_code = 4  # cli.EXIT_DEAD_LETTERED: told apart from errors (exit status 1)
+    exit_code = 4  # ops.output.EXIT_DEAD_LETTERED: told apart from errors (exit status 1)
 
 
 class SinkFailed(SyncError):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from apex_metrics.cli import EXIT_DEAD_LETTERED, EXIT_DIFFERENCES, EXIT_ERROR
 from apex_metrics.dataverse.provision import ContractDrift
+from apex_metrics.ops.output import EXIT_DEAD_LETTERED, EXIT_DIFFERENCES, EXIT_ERROR
 from apex_metrics.sync.errors import SyncIncomplete
 
 
@@ -101,7 +101,7 @@ def test_exit_statuses_tell_findings_apart_from_errors() -> None:
     failing = run("verify", "--json", "--panel-url", "http://127.0.0.1:9")
     assert failing.returncode == EXIT_DIFFERENCES  # gates ran and failed: a finding
     report = json.loads(failing.stdout)
-    assert report["ok"] is False and len(report["gates"]) == 10
+    assert report["ok"] is False and len(report["gates"]) == 11
 
 
 def test_error_lines_print_text_as_written_not_as_emoji() -> None:

@@ -169,7 +169,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def test_exports_make_verify_pass_and_a_second_run_is_idempotent(
     database_url: str, empty_database_url: str, data_dir: Path
 ) -> None:
-    """A first demo prints exports with which `verify` passes its 10 gates elsewhere; a second
+    """A first demo prints exports with which `verify` passes its 11 gates elsewhere; a second
     over the same database backfills only the gap; a third over another database (the
     emulator keeping the first one's rows) deletes those extras, and verify passes again."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from apex_metrics.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from apex_metrics.ops.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 
 
 def _alive(pid: int) -> bool:

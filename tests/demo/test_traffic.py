@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apex_metrics.traffic import PROFILES, TrafficGenerator, percentile_cont, runs_per_hour_at
+from apex_metrics.ops.traffic import PROFILES, TrafficGenerator, percentile_cont, runs_per_hour_at
 
 
 def test_percentile_cont_matches_postgres_definition() -> None:

@@ -22,13 +22,13 @@ from apex_metrics.dataverse.connect import open_dataverse
 from apex_metrics.dataverse.errors import DataverseError
 from apex_metrics.dataverse.provision import provision
 from apex_metrics.emulator import CostModel, EmulatorConfig
+from apex_metrics.ops.traffic import TrafficGenerator
+from apex_metrics.ops.verify import Gate, VerifyOptions, run_verify
 from apex_metrics.panel.app import PanelConfig, create_app
 from apex_metrics.recorder import Recorder
 from apex_metrics.settings import Settings
 from apex_metrics.sync.commands import engine_config, run_sync
 from apex_metrics.testing import RunningEmulator, free_port, running_emulator
-from apex_metrics.traffic import TrafficGenerator
-from apex_metrics.verify import Gate, VerifyOptions, run_verify
 
 
 def settings_for(database_url: str, emu: RunningEmulator, **values: object) -> Settings:
@@ -218,7 +218,7 @@ async def test_panel_gate(database_url: str, emulator: RunningEmulator) -> None:
 
 
 def test_secrets_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from apex_metrics.verify import _Failed, check_secrets
+    from apex_metrics.ops.verify import _Failed, check_secrets
 
     monkeypatch.chdir(tmp_path)
     secret = "s3cr3t-value-for-the-test"

@@ -173,7 +173,7 @@ def test_cli_defaults_are_the_models_defaults() -> None:
     """The emulator command's defaults are CostModel's and ServiceLimits' (no second source)."""
     import typer.main
 
-    from apex_metrics.cli import app
+    from apex_metrics.ops.cli import app
 
     group = typer.main.get_command(app)
     command = group.commands["emulator"]  # type: ignore[attr-defined]

@@ -122,3 +122,23 @@ def test_debug_shows_the_traceback() -> None:
 def test_help_names_the_env_var() -> None:
     result = run("import", "--help")
     assert result.returncode == 0 and "APEX_DATABASE_URL" in result.stdout
+
+
+def test_a_usage_error_under_json_is_json_too() -> None:
+    """Exit 2 as click says, its message on stderr, and under --json one JSON document on
+    stdout like every other failure; without --json nothing on stdout."""
+    result = run("sync", "status", "--json", "--no-such-flag")
+    assert result.returncode == 2
+    assert "No such option: --no-such-flag" in result.stderr
+    report = json.loads(result.stdout)
+    assert report == {
+        "ok": False,
+        "error": "No such option: --no-such-flag",
+        "hint": "Usage: apex-metrics sync status [OPTIONS]; see --help",
+        "exit_code": 2,
+    }
+    plain = run("sync", "status", "--no-such-flag")
+    assert plain.returncode == 2 and plain.stdout == ""
+    bad_value = run("sync", "--json", "--workers", "zero")
+    assert bad_value.returncode == 2 and json.loads(bad_value.stdout)["exit_code"] == 2
+    assert run("--version").returncode == 0

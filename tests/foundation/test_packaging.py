@@ -95,7 +95,7 @@ def _run(code: str, *argv: str, tmp_path: Path) -> subprocess.CompletedProcess[s
 
 
 CLI = (
-    "import sys; from apex_metrics.cli import main; "
+    "import sys; from apex_metrics.ops.cli import main; "
     "sys.argv = ['apex-metrics', *sys.argv[1:]]; main()"
 )
 
@@ -103,7 +103,7 @@ CLI = (
 def test_the_core_runs_without_any_extra(tmp_path: Path) -> None:
     imported = _run(
         "import apex_metrics.recorder, apex_metrics.spool, apex_metrics.metric, "
-        "apex_metrics.importer, apex_metrics.db, apex_metrics.cli; print('ok')",
+        "apex_metrics.importer, apex_metrics.db, apex_metrics.ops.cli; print('ok')",
         tmp_path=tmp_path,
     )
     assert imported.returncode == 0 and "ok" in imported.stdout, imported.stderr

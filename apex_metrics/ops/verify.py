@@ -8,11 +8,16 @@
     5 flags        change tracking, auditing and duplicate detection are on
     6 sync         the sync engine is alive (a heartbeat within twice the poll interval) and its
                    recent runs succeeded
-    7 backlog      the oldest pending row is younger than the threshold (default 5 minutes)
+    7 backlog      the oldest pending row is younger than the threshold (default 5 minutes);
+                   dead and in-flight rows are not pending (gate 11 judges dead rows)
     8 reconcile    delivered-row count equals Dataverse's count, and a sample of rows is identical
     9 panel        the panel answers and shows the newest delivered run
    10 secrets      secrets come only from the environment or .env.local (mode 600), and none
                    appears in a file tracked by git or in the given logs
+   11 dead         no row is dead-lettered (at its current version)
+
+Gates 7 and 11 read the sync health figures through the sync engine's one reader
+(:func:`apex_metrics.sync.status.read_health`): the figures ``sync status`` and the panel show.
 
 A gate that cannot run because an earlier one failed (no database, no token) fails with the
 reason, so the exit status is 1 whenever anything is wrong.
@@ -36,8 +41,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from apex_metrics import db, metric
-from apex_metrics.exceptions import ApexMetricsError
+from apex_metrics.exceptions import ApexMetricsError, first_line
 from apex_metrics.settings import Settings, env_name
+from apex_metrics.sync.status import Health, read_health
 
 INDEXES = (
     "idx_campaign_metrics_run_id",
@@ -92,6 +98,7 @@ async def run_verify(settings: Settings, options: VerifyOptions) -> list[Gate]:
         ("reconcile", ctx.reconcile),
         ("panel", ctx.panel),
         ("secrets", ctx.secrets),
+        ("dead", ctx.dead),
     ]
     try:
         for number, (name, check) in enumerate(checks, start=1):
@@ -105,8 +112,7 @@ async def run_verify(settings: Settings, options: VerifyOptions) -> list[Gate]:
             except TimeoutError:
                 gates.append(Gate(number, name, False, f"no answer in {options.timeout:g} s"))
             except psycopg.Error as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                gates.append(Gate(number, name, False, f"PostgreSQL: {first}"))
+                gates.append(Gate(number, name, False, f"PostgreSQL: {first_line(exc)}"))
             except httpx.HTTPError as exc:
                 gates.append(Gate(number, name, False, f"HTTP: {type(exc).__name__}: {exc}"))
     finally:
@@ -265,22 +271,22 @@ class _Context:
 
     # -- 7 ------------------------------------------------------------------------------------
     async def backlog(self) -> str:
-        url = self._need_db()
-        async with await db.connect(url) as conn:
-            cur = await conn.execute(
-                "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp()"
-                " - min(updated_at)), 0)::float8 FROM v_campaign_metrics_pending"
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        pending, age = int(row[0]), float(row[1])
+        """The sync lag (age of the oldest pending row) against the threshold. Dead rows are
+        not pending: they never fail this gate (gate 11 does)."""
+        health = await self._health()
+        figure = backlog_figure(health)
         threshold = self.options.backlog_threshold
-        if age > threshold:
+        if health.lag_seconds > threshold:
             raise _Failed(
-                f"{pending} pending; the oldest waits {age:.0f} s (threshold {threshold:g} s)",
+                f"{figure}; the oldest pending waits {health.lag_seconds:.0f} s "
+                f"(threshold {threshold:g} s)",
                 "check `apex-metrics sync status` for errors, throttling or a stopped engine",
             )
-        return f"{pending} pending; oldest {age:.1f} s (threshold {threshold:g} s)"
+        return f"{figure}; oldest pending {health.lag_seconds:.1f} s (threshold {threshold:g} s)"
+
+    async def _health(self) -> Health:
+        async with await db.connect(self._need_db()) as conn:
+            return await read_health(conn)
 
     # -- 8 ------------------------------------------------------------------------------------
     async def reconcile(self) -> str:
@@ -296,7 +302,7 @@ class _Context:
             before = await self._delivered(url)
             remote = await _dataverse_count(client, before["first"], before["last"])
             after = await self._delivered(url)
-            low, high = before["delivered"], after["delivered"] + after["in_flight"]
+            low, high = before["delivered"], after["delivered"] + after["attempted"]
             if low <= remote <= high:
                 break
             if attempt < 2:
@@ -338,12 +344,15 @@ class _Context:
         return f"{remote} rows on both sides; {len(sample)} sampled rows identical"
 
     async def _delivered(self, url: str) -> dict[str, Any]:
+        """Rows delivered at least once; rows never delivered but sent at least once (a lease
+        row: in flight, or failed and retrying or dead, so maybe in Dataverse all the same); the
+        range of created_at. Bounds for the count only: not the sync health figures."""
         async with await db.connect(url) as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT count(*) FILTER (WHERE c.exported_version > 0) AS delivered,"
                 " count(*) FILTER (WHERE c.exported_version = 0 AND EXISTS"
-                " (SELECT 1 FROM sync_leases AS l WHERE l.id = c.id)) AS in_flight,"
+                " (SELECT 1 FROM sync_leases AS l WHERE l.id = c.id)) AS attempted,"
                 " min(c.created_at) AS first, max(c.created_at) AS last"
                 " FROM campaign_metrics AS c"
             )
@@ -398,6 +407,26 @@ class _Context:
     # -- 10 -----------------------------------------------------------------------------------
     async def secrets(self) -> str:
         return await asyncio.to_thread(check_secrets, self.settings, self.options)
+
+    # -- 11 -----------------------------------------------------------------------------------
+    async def dead(self) -> str:
+        """No dead-lettered row: each waits for a fix and ``sync retry-dead``."""
+        health = await self._health()
+        if health.dead:
+            raise _Failed(
+                f"{health.dead} row(s) dead-lettered",
+                "`apex-metrics sync status` shows their errors; fix the cause, then run "
+                "`apex-metrics sync retry-dead`",
+            )
+        return "0 rows dead-lettered"
+
+
+def backlog_figure(health: Health) -> str:
+    """The queue as gate 7 shows it: pending (retrying among them), in flight and dead."""
+    return (
+        f"{health.pending} pending ({health.retrying} retrying), {health.in_flight} in flight, "
+        f"{health.dead} dead"
+    )
 
 
 async def _dataverse_count(client: Any, first: datetime | None, last: datetime | None) -> int:

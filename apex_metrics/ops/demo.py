@@ -38,10 +38,10 @@ from psycopg import sql
 
 from apex_metrics import db
 from apex_metrics.aio import wait_event
-from apex_metrics.embedded_pg import EmbeddedPostgres
 from apex_metrics.exceptions import ApexMetricsError
+from apex_metrics.ops.embedded_pg import EmbeddedPostgres
+from apex_metrics.ops.serving import free_port
 from apex_metrics.settings import Settings
-from apex_metrics.testing import free_port
 
 if TYPE_CHECKING:
     from apex_metrics.sync.reconcile import ReconcileReport
@@ -207,6 +207,7 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
     """Run the demo until stopped; returns the final counters."""
     from apex_metrics.dataverse.connect import open_dataverse
     from apex_metrics.dataverse.provision import provision
+    from apex_metrics.ops.traffic import TrafficGenerator
     from apex_metrics.panel.app import PanelConfig, create_app, end_streams
     from apex_metrics.panel.security import check_bind
     from apex_metrics.recorder import Recorder
@@ -215,7 +216,6 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -
     from apex_metrics.sync.queue import Queue
     from apex_metrics.sync.reconcile import reconcile
     from apex_metrics.sync.sink import DataverseSink
-    from apex_metrics.traffic import TrafficGenerator
 
     check_bind(options.panel_host, settings.panel_token)  # before anything starts
     data_dir = options.data_dir or default_data_dir()
@@ -390,13 +390,13 @@ async def _status(
         if deadline is not None and time.monotonic() >= deadline:
             stop.set()
         try:
-            c = await queue.counts()
+            h = await queue.health()
         except ApexMetricsError:
             continue
         line = (
             f"runs recorded {counters['recorded']} · delivered {engine.stats.delivered} · "
-            f"pending {c['pending']} · in flight {c['in_flight']} · dead {c['dead']} · "
-            f"lag {float(c['lag_seconds'] or 0):.1f} s"
+            f"pending {h.pending} · in flight {h.in_flight} · dead {h.dead} · "
+            f"lag {h.lag_seconds:.1f} s"
         )
         if tty:
             sys.stdout.write("\r" + line.ljust(100))

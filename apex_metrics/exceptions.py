@@ -13,7 +13,8 @@
 
 Each class carries a one-line docstring used as its default message. Driver errors are wrapped
 at one boundary per part (``db.py`` for psycopg, ``dataverse/errors.py`` for httpx), keeping the
-original as ``__cause__``.
+original as ``__cause__``. :func:`first_line` is the one way to shorten a foreign exception's
+message for ours.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ class ApexMetricsError(Exception):
     def one_line(self) -> str:
         """The message and, when known, what to do about it, on one line."""
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (driver messages often add DETAIL and HINT
+    lines), or its type name when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ConfigError(ApexMetricsError):

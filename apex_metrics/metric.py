@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 from apex_metrics.exceptions import FieldError, MetricValidationError
+from apex_metrics.formats import utc_z
 
 INT32_MAX: Final = 2_147_483_647
 COST_QUANTUM: Final = Decimal("0.00001")
@@ -97,6 +98,12 @@ ALTERNATE_KEY_SCHEMA_NAME: Final = "apex_RunIdKey"
 ALTERNATE_KEY_COLUMN: Final = "apex_runid"
 PUBLISHER_PREFIX: Final = "apex_"
 
+# Orders derived from COLUMNS. Every list of the data columns, in Python or in SQL, is one of
+# these (tests/foundation/test_contract_sql.py parses the SQL files' lists to keep them so).
+KEY_COLUMN: Final = next(c for c in COLUMNS if c.dataverse == ALTERNATE_KEY_COLUMN)  # run_id
+BODY_COLUMNS: Final = tuple(c for c in COLUMNS if c is not KEY_COLUMN)  # an upsert body's
+KEY_FIRST_NAMES: Final = (KEY_COLUMN.name, *(c.name for c in BODY_COLUMNS))  # key, then the rest
+
 
 @dataclass(frozen=True, slots=True)
 class Metric:
@@ -128,13 +135,8 @@ class Metric:
         return tuple(getattr(self, n) for n in FIELD_NAMES)
 
     def to_dataverse(self) -> dict[str, Any]:
-        """The Dataverse body of an upsert: every column but the key, plus the primary name."""
-        body: dict[str, Any] = {PRIMARY_NAME: self.run_id}
-        for col in COLUMNS:
-            if col.dataverse == ALTERNATE_KEY_COLUMN:
-                continue
-            body[col.dataverse] = to_json_value(getattr(self, col.name))
-        return body
+        """The Dataverse body of an upsert (:func:`dataverse_body`)."""
+        return dataverse_body({name: getattr(self, name) for name in FIELD_NAMES})
 
 
 def to_json_value(value: Any) -> Any:
@@ -142,8 +144,26 @@ def to_json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)  # shortest repr round-trips exactly for ≤ 15 significant digits
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return utc_z(value)
     return value
+
+
+_BODY_PLAN: Final = tuple(
+    (c.name, c.dataverse, c.kind in ("decimal", "datetime")) for c in BODY_COLUMNS
+)
+
+
+def dataverse_body(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The upsert body of one run (a mapping of field name → value, e.g. a claimed row): every
+    column but the key, plus the primary name. The only body builder: the sync runs it for
+    every row of every batch, so it builds no Metric."""
+    body: dict[str, Any] = {PRIMARY_NAME: row[KEY_COLUMN.name]}
+    for name, dataverse, convert in _BODY_PLAN:
+        value = row[name]
+        if convert and value is not None:
+            value = to_json_value(value)
+        body[dataverse] = value
+    return body
 
 
 def dataverse_datetime(value: datetime) -> datetime:
@@ -228,7 +248,7 @@ def _to_string(col: Column, raw: Any) -> str:
     assert col.max_length is not None
     if len(raw) > col.max_length:
         raise _RuleBroken(f"must be at most {col.max_length} characters (got {len(raw)})")
-    if col.name == "run_id":
+    if col is KEY_COLUMN:
         bad = sorted(set(raw) & RUN_ID_FORBIDDEN)
         if bad:
             listed = " ".join(bad)
@@ -340,35 +360,47 @@ def _check_cross_field(values: dict[str, Any], errors: list[FieldError], line: i
 # Anything else goes through ``parse_metric``, the reference, for its value or its errors.
 # tests/foundation/test_rows.py checks the two agree.
 
-_INT_TEXT = re.compile(r"[0-9]{1,10}")
-_COST_TEXT = re.compile(r"[0-9]{1,5}(?:\.[0-9]{1,5})?")
-_RATE_TEXT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?")
 _TIME_TEXT = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
     r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
 )
 _PLAIN_TEXT = re.compile(r"[^\x00-\x1f\x7f\\]*")  # no control characters: see _to_string
-_RUN_ID_TEXT = re.compile(r"[^\x00-\x1f\x7f\\/<>*%&:?+]{1,64}")
-_INT_COLUMNS = frozenset(c.name for c in COLUMNS if c.kind == "integer")
+_KEY_INDEX: Final = FIELD_NAMES.index(KEY_COLUMN.name)
 
 
 class _Slow(Exception):
     """This value needs the reference path."""
 
 
-# What RowParser._fast checks per column.
-_K_INT, _K_COST, _K_RATE, _K_TIME, _K_RUN_ID, _K_TEXT = range(6)
+# What RowParser._fast checks per column; _K_SLOW: any value takes the reference path.
+_K_INT, _K_DECIMAL, _K_TIME, _K_KEY, _K_TEXT, _K_SLOW = range(6)
+
+# One step of RowParser._fast: (index in the row or -1, kind, name, length limit, required,
+# pattern, maximum to check).
+_Step: TypeAlias = tuple[int, int, str, int, bool, re.Pattern[str] | None, int | Decimal | None]
 
 
-def _kind_of(col: Column) -> int:
-    if col.name in _INT_COLUMNS:
-        return _K_INT
-    kinds = {"cost_usd": _K_COST, "success_rate": _K_RATE, "created_at": _K_TIME}
-    if col.name in kinds:
-        return kinds[col.name]
-    if col.name == "run_id":
-        return _K_RUN_ID
-    return _K_TEXT
+def _fast_check(col: Column) -> tuple[int, int, re.Pattern[str] | None, int | Decimal | None]:
+    """How the fast path checks a column, from its rules: (kind, length limit, pattern, maximum
+    left to check after the pattern). Only non-negative numbers are read without the reference."""
+    if col.kind == "datetime":
+        return _K_TIME, 0, _TIME_TEXT, None
+    if col.kind == "string":
+        assert col.max_length is not None
+        if col is KEY_COLUMN:
+            forbidden = re.escape("".join(sorted(RUN_ID_FORBIDDEN)))
+            text = rf"[^\x00-\x1f\x7f\\{forbidden}]{{1,{col.max_length}}}"
+            return _K_KEY, col.max_length, re.compile(text), None
+        return _K_TEXT, col.max_length, _PLAIN_TEXT, None
+    if col.min_value != 0 or col.max_value is None:
+        return _K_SLOW, 0, None, None
+    if col.kind == "integer":  # [0-9]{1,digits}, and at most max_value when that long
+        return _K_INT, len(str(col.max_value)), None, col.max_value
+    assert col.precision is not None
+    whole = len(str(int(col.max_value)))
+    pattern = re.compile(rf"[0-9]{{1,{whole}}}(?:\.[0-9]{{1,{col.precision}}})?")
+    largest = Decimal(10) ** whole - Decimal(1).scaleb(-col.precision)  # what the pattern allows
+    return _K_DECIMAL, 0, pattern, col.max_value if largest > col.max_value else None
 
 
 def copy_text(values: tuple[Any, ...]) -> str:
@@ -404,12 +436,13 @@ class RowParser:
         self.index = {name: i for i, name in enumerate(header)}
         self.now = now or datetime.now(UTC)  # created_at of rows that leave it blank
         self.now_text = self.now.isoformat()
-        # Per column, in FIELD_NAMES order: (index in the row or -1, kind, name, max length,
-        # required).
-        self._plan = [
-            (self.index.get(c.name, -1), _kind_of(c), c.name, c.max_length or 0, c.required)
-            for c in COLUMNS
-        ]
+        # Per column, in FIELD_NAMES order: see _Step.
+        self._plan: list[_Step] = []
+        for c in COLUMNS:
+            kind, limit, pattern, maximum = _fast_check(c)
+            self._plan.append(
+                (self.index.get(c.name, -1), kind, c.name, limit, c.required, pattern, maximum)
+            )
 
     def parse(self, row: list[str], line: int | None = None) -> tuple[str, str]:
         """``(run_id, copy line)`` of a row, or ``MetricValidationError`` naming what is wrong."""
@@ -422,40 +455,45 @@ class RowParser:
             metric = parse_metric(data, line=line)
             return metric.run_id, copy_text(metric.pg_values())
 
+    def fast_line(self, row: list[str]) -> tuple[str, str] | None:
+        """``(run_id, copy line)`` by the fast path, or None when the reference must decide."""
+        try:
+            return self._fast(row)
+        except _Slow:
+            return None
+
     def _fast(self, row: list[str]) -> tuple[str, str]:
         """The common case at C speed where possible; anything unusual raises ``_Slow`` and
         takes the reference path (``parse_metric``), which gives the same result or the error."""
         out: list[str] = []
         total: int | None = None
         ok: int | None = None
-        for i, kind, name, limit, required in self._plan:
+        for i, kind, name, limit, required, pattern, maximum in self._plan:
             raw = row[i] if i >= 0 else ""
             if raw == "":
                 if required:
                     raise _Slow
                 if kind == _K_TIME:
                     out.append(self.now_text)
-                elif kind == _K_RATE:
+                elif name == "success_rate":  # derived when blank, as parse_metric does
                     rate = derive_success_rate(total, ok)
                     out.append("\\N" if rate is None else format(rate, "f"))
                 else:
                     out.append("\\N")
                 continue
             if kind == _K_INT:
-                # [0-9]{1,10} and at most INT32_MAX
-                if not (len(raw) <= 10 and raw.isascii() and raw.isdigit()):
+                # [0-9]{1,limit} and at most the maximum
+                if not (len(raw) <= limit and raw.isascii() and raw.isdigit()):
                     raise _Slow
-                if len(raw) == 10 and int(raw) > INT32_MAX:
+                if len(raw) == limit and maximum is not None and int(raw) > maximum:
                     raise _Slow
                 if name == "agents_total":
                     total = int(raw)
                 elif name == "agents_successful":
                     ok = int(raw)
-            elif kind == _K_COST:
-                if not _COST_TEXT.fullmatch(raw):
-                    raise _Slow
-            elif kind == _K_RATE:
-                if not _RATE_TEXT.fullmatch(raw) or Decimal(raw) > RATE_MAX:
+            elif kind == _K_DECIMAL:
+                assert pattern is not None
+                if not pattern.fullmatch(raw) or (maximum is not None and Decimal(raw) > maximum):
                     raise _Slow
             elif kind == _K_TIME:
                 if not _TIME_TEXT.fullmatch(raw):
@@ -466,10 +504,11 @@ class RowParser:
                     raise _Slow from None
                 if stamp < DATETIME_MIN:
                     raise _Slow
-            elif kind == _K_RUN_ID:
-                if not _RUN_ID_TEXT.fullmatch(raw) or raw != raw.strip() or not raw.isascii():
+            elif kind == _K_KEY:
+                assert pattern is not None
+                if not pattern.fullmatch(raw) or raw != raw.strip() or not raw.isascii():
                     raise _Slow
-            elif (  # campaign_id (required), phase
+            elif kind != _K_TEXT or (  # campaign_id (required), phase
                 len(raw) > limit
                 or not _PLAIN_TEXT.fullmatch(raw)
                 or not raw.strip()  # blank: required (error) or NULL (phase); reference decides
@@ -479,4 +518,4 @@ class RowParser:
             out.append(raw)
         if total is not None and ok is not None and ok > total:
             raise _Slow
-        return out[1], "\t".join(out) + "\n"
+        return out[_KEY_INDEX], "\t".join(out) + "\n"

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from apex_metrics.db import Q, describe_conn, wrap_query_error
+from apex_metrics.exceptions import first_line
 from apex_metrics.metric import FIELD_NAMES, Metric
 from apex_metrics.spool import Segment, Spool, read_segment
 
@@ -69,8 +70,7 @@ async def _write_one_by_one(
             except psycopg.Error as exc:
                 if not is_refusal(exc):
                     raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                refused.append((metric, f"refused by the database: {first}"))
+                refused.append((metric, f"refused by the database: {first_line(exc)}"))
     return refused
 
 

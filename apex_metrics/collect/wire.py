@@ -26,6 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from apex_metrics.collect.errors import BadRequestBody, ContentTooLarge, UnsupportedMediaType
+from apex_metrics.exceptions import first_line
+from apex_metrics.formats import at_most
 
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
@@ -67,7 +69,8 @@ async def read_body(
     chunks: AsyncIterator[bytes], *, gzipped: bool, limit: int, declared: str | None
 ) -> bytes:
     """The request body, gunzipped, never more than ``limit`` bytes held (413 past it)."""
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    number = (declared or "").strip()
+    if number.isascii() and number.isdigit() and not at_most(number, limit):
         raise too_large(limit)
     out = bytearray()
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if gzipped else None
@@ -120,9 +123,8 @@ def decode_request(body: bytes, kind: str) -> ExportTraceServiceRequest:
     except _BadId as exc:
         raise BadRequestBody(str(exc)) from None
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadRequestBody(
-            f"the JSON is not an OTLP ExportTraceServiceRequest: {first}"
+            f"the JSON is not an OTLP ExportTraceServiceRequest: {first_line(exc)}"
         ) from None
     return message
 

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from apex_metrics.collect.metrics import CollectMetrics
 from apex_metrics.collect.runs import TraceRun
 from apex_metrics.collect.store import TraceStore
-from apex_metrics.exceptions import ApexMetricsError, MetricValidationError
+from apex_metrics.exceptions import ApexMetricsError, MetricValidationError, first_line
 from apex_metrics.metric import Metric
 from apex_metrics.recorder import write_metrics
 
@@ -93,7 +93,7 @@ class RunWriter:
             async with self.pool.connection() as conn:
                 await write_metrics(conn, [m for _, _, m in batch.values()])
         except (psycopg.Error, ApexMetricsError, OSError) as exc:
-            self.last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            self.last_error = first_line(exc)
             log.warning("writing %d runs failed, will retry: %s", len(batch), self.last_error)
             self.metrics.write_failures.inc()
             self.store.give_back(runs)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from apex_metrics.dataverse.errors import AggregateLimitExceeded
+from apex_metrics.formats import utc_z
 
 Combine = Literal["sum", "min", "max", "count", "average", "countdistinct"]
 
@@ -49,14 +50,12 @@ def check_combinable(apply: str) -> None:
         )
 
 
-def odata_datetime(value: datetime) -> str:
-    """A DateTimeOffset literal in UTC with Z."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+odata_datetime: Final = utc_z  # a DateTimeOffset literal (verify.py imports it by this name)
 
 
 def with_time_range(apply: str, column: str, start: datetime, end: datetime) -> str:
     """``filter(column ge start and column lt end)/<apply>``."""
-    where = f"{column} ge {odata_datetime(start)} and {column} lt {odata_datetime(end)}"
+    where = f"{column} ge {utc_z(start)} and {column} lt {utc_z(end)}"
     return f"filter({where})/{apply}"
 
 
@@ -64,7 +63,7 @@ def split_range(start: datetime, end: datetime) -> tuple[tuple[datetime, datetim
     """Two halves of ``[start, end)``, cut on a whole second."""
     if end - start < 2 * MIN_SPAN:
         raise AggregateLimitExceeded(
-            f"more than 50,000 records between {odata_datetime(start)} and {odata_datetime(end)}"
+            f"more than 50,000 records between {utc_z(start)} and {utc_z(end)}"
             " (cannot split a range shorter than 2 seconds)",
         )
     middle = start + (end - start) / 2

@@ -13,7 +13,7 @@ import json
 import json.encoder
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from apex_metrics.dataverse.multipart_parts import (
     flatten_responses,
 )
 from apex_metrics.dataverse.urls import key_path, key_paths
+from apex_metrics.formats import utc_z
 
 Outcome = Literal["created", "updated", "upserted", "failed"]
 Items = Sequence[tuple[str, Mapping[str, Any]]]
@@ -61,7 +62,7 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return utc_z(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

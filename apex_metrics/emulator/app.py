@@ -33,6 +33,7 @@ from apex_metrics.emulator.messages import (
 )
 from apex_metrics.emulator.servers import COOKIE, WebServers
 from apex_metrics.emulator.store import Store
+from apex_metrics.formats import at_most
 from apex_metrics.loopback import LoopbackHostGuard
 
 log = logging.getLogger("apex_metrics.emulator")
@@ -45,7 +46,7 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
     """The request body, or None once it passes ``limit`` bytes (declared or streamed:
     chunked bodies have no Content-Length)."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
+    if length is not None and not at_most(length, limit):
         return None
     body = bytearray()
     async for chunk in request.stream():
@@ -233,7 +234,7 @@ class Emulator:
         self, request: Request, base: str, path: str, caller: Caller, length: str, body: bytes,
         usage: Usage,
     ) -> ApiResponse:  # fmt: skip
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        if not at_most(length, MAX_BODY_BYTES):
             return ApiResponse.error(ApiError(413, "", "The request payload is too large."))
         headers = {k.lower(): v for k, v in request.headers.items()}
         query = _query_pairs(request.url.query)

@@ -23,6 +23,7 @@ from apex_metrics.emulator.query import (
 )
 from apex_metrics.emulator.rows import render
 from apex_metrics.emulator.store import Store, quote
+from apex_metrics.formats import ascii_int
 
 COUNT_LIMIT = 5000
 _SUPPORTED = {
@@ -37,9 +38,10 @@ def _page_size(request: ApiRequest, maximum: int) -> int | None:
     raw = request.prefer().get("odata.maxpagesize")
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) < 1:
+    size = ascii_int(raw, 18)
+    if size is None or size < 1:
         raise bad_request(f"Invalid odata.maxpagesize '{raw[:20]}': expected a positive integer.")
-    return min(int(raw), maximum)
+    return min(size, maximum)
 
 
 def _check_options(request: ApiRequest) -> None:

@@ -23,6 +23,7 @@ from apex_metrics.emulator.errors import ApiError, bad_request, unknown_property
 from apex_metrics.emulator.metadata import Attribute, Entity
 from apex_metrics.emulator.store import quote
 from apex_metrics.emulator.values import parse_datetime
+from apex_metrics.formats import ascii_int
 
 MAX_FILTER_LENGTH = 32_768
 _NUMERIC = {"Integer", "BigInt", "Decimal", "Double", "Money"}
@@ -223,11 +224,12 @@ def parse_orderby(entity: Entity, text: str | None, aliases: set[str] | None = N
 def parse_top(text: str | None) -> int | None:
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+    top = ascii_int(text, 9)
+    if top is None:
         raise bad_request(
             f"Invalid value for $top: '{text[:50]}'. Expected a non-negative integer."
         )
-    return int(text)
+    return top
 
 
 # --- paging cookie ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 from apex_metrics.emulator.changedata import ChangeData
 from apex_metrics.emulator.metadata import Attribute, Entity, Key
+from apex_metrics.formats import utc_z
 
 _SQL_TYPES = {
     "String": "TEXT",
@@ -48,7 +49,7 @@ def utc_now_text() -> str:
     now = int(time.time())
     if now != _clock[0]:
         _clock[0] = now
-        _clock[1] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _clock[1] = utc_z(datetime.fromtimestamp(now, UTC))
     return str(_clock[1])
 
 

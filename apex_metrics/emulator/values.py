@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from apex_metrics.emulator.errors import ApiError, bad_request, validation
 from apex_metrics.emulator.metadata import Attribute
+from apex_metrics.formats import utc_z
 
 _Plan = TypeVar("_Plan")
 PAYLOAD = "0x80048d19"  # error in the payload: a value of the wrong type
@@ -61,7 +62,7 @@ def parse_datetime(text: str) -> str:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_z(moment)
 
 
 def to_storage(attr: Attribute, entity: str, value: Any) -> Any:

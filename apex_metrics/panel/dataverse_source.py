@@ -23,9 +23,17 @@ from typing import Any, Final
 
 from apex_metrics.dataverse.client import DataverseClient
 from apex_metrics.dataverse.connect import open_dataverse
-from apex_metrics.metric import DATAVERSE_TO_PG, ENTITY_SET, PG_TO_DATAVERSE
+from apex_metrics.formats import utc_z
+from apex_metrics.metric import (
+    ALTERNATE_KEY_COLUMN,
+    BY_NAME,
+    COLUMNS,
+    ENTITY_SET,
+    PG_TO_DATAVERSE,
+)
 from apex_metrics.panel.kpis import (
     MONEY,
+    SUMMED,
     Totals,
     Window,
     bucket_starts,
@@ -36,30 +44,22 @@ from apex_metrics.panel.params import Filters
 from apex_metrics.panel.sources import RUN_FIELDS, Series
 from apex_metrics.settings import Settings
 
-CREATED: Final = "apex_createdat"
+CREATED: Final = PG_TO_DATAVERSE["created_at"]
+CAMPAIGN: Final = PG_TO_DATAVERSE["campaign_id"]
+PHASE: Final = PG_TO_DATAVERSE["phase"]
+P95: Final = PG_TO_DATAVERSE["latency_p95_ms"]
+AVG: Final = PG_TO_DATAVERSE["latency_avg_ms"]
 CLOSED_AGE: Final = timedelta(minutes=5)  # a window that ended this long ago counts as closed
 CLOSED_TTL: Final = 60.0  # seconds a closed window's figures are reused
 CACHE_SIZE: Final = 4096
-SUMS: Final = (
-    ("apex_costusd", "cost"),
-    ("apex_tokensin", "tin"),
-    ("apex_tokensout", "tout"),
-    ("apex_agentstotal", "agents"),
-    ("apex_agentssuccessful", "ok"),
-    ("apex_assetsgenerated", "assets"),
-    ("apex_latencyavgms", "latsum"),
-)
+# Every sum of Totals, aliased by its field name (kpis.SUMMED).
 SUM_APPLY: Final = "aggregate($count as runs," + ",".join(
-    f"{column} with sum as {alias}" for column, alias in SUMS
+    f"{PG_TO_DATAVERSE[column]} with sum as {name}" for name, column in SUMMED
 ) + ")"  # fmt: skip
 
 
 def odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def odata_datetime(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ceil_second(value: datetime) -> datetime:
@@ -104,9 +104,9 @@ class DataverseSource:
     def _where(filters: Filters, *extra: str) -> str:
         parts = list(extra)
         if filters.campaign is not None:
-            parts.append(f"apex_campaignid eq {odata_string(filters.campaign)}")
+            parts.append(f"{CAMPAIGN} eq {odata_string(filters.campaign)}")
         if filters.phase is not None:
-            parts.append(f"apex_phase eq {odata_string(filters.phase)}")
+            parts.append(f"{PHASE} eq {odata_string(filters.phase)}")
         return " and ".join(parts)
 
     def _apply(self, filters: Filters, apply: str, *extra: str) -> str:
@@ -150,7 +150,7 @@ class DataverseSource:
         sums, latency_runs, p95 = await asyncio.gather(
             self._aggregate(self._apply(filters, SUM_APPLY), window),
             self._aggregate(
-                self._apply(filters, "aggregate($count as n)", "apex_latencyavgms ne null"),
+                self._apply(filters, "aggregate($count as n)", f"{AVG} ne null"),
                 window,
             ),
             self._p95(filters, window),
@@ -159,33 +159,23 @@ class DataverseSource:
 
     @staticmethod
     def _totals(row: dict[str, Any], latency_runs: list[dict[str, Any]], p95: int | None) -> Totals:
+        sums: dict[str, Any] = {
+            name: (_decimal if BY_NAME[column].kind == "decimal" else _int)(row.get(name))
+            for name, column in SUMMED
+        }
         return Totals(
             runs=_int(row.get("runs")),
-            cost_usd=_decimal(row.get("cost")),
-            tokens_in=_int(row.get("tin")),
-            tokens_out=_int(row.get("tout")),
-            agents_total=_int(row.get("agents")),
-            agents_successful=_int(row.get("ok")),
-            assets_generated=_int(row.get("assets")),
-            latency_avg_sum=_int(row.get("latsum")),
+            **sums,
             latency_avg_runs=_int(latency_runs[0].get("n")) if latency_runs else 0,
             latency_p95_ms=p95,
         )
 
     async def _p95(self, filters: Filters, window: Window) -> int | None:
         rows = await self._aggregate(
-            self._apply(
-                filters,
-                "groupby((apex_latencyp95ms),aggregate($count as n))",
-                "apex_latencyp95ms ne null",
-            ),
+            self._apply(filters, f"groupby(({P95}),aggregate($count as n))", f"{P95} ne null"),
             window,
         )
-        pairs = [
-            (int(r["apex_latencyp95ms"]), int(r["n"]))
-            for r in rows
-            if r.get("apex_latencyp95ms") is not None
-        ]
+        pairs = [(int(r[P95]), int(r["n"])) for r in rows if r.get(P95) is not None]
         return p95_from_histogram(histogram(pairs))
 
     async def series(self, filters: Filters, width: int) -> Series:
@@ -202,40 +192,34 @@ class DataverseSource:
     async def campaigns(self, filters: Filters, limit: int) -> list[tuple[str, Totals]]:
         window = filters.window
         groups, latency_runs, latency_hist = await asyncio.gather(
-            self._aggregate(
-                self._apply(filters, f"groupby((apex_campaignid),{SUM_APPLY})"), window
-            ),
+            self._aggregate(self._apply(filters, f"groupby(({CAMPAIGN}),{SUM_APPLY})"), window),
             self._aggregate(
                 self._apply(
-                    filters,
-                    "groupby((apex_campaignid),aggregate($count as n))",
-                    "apex_latencyavgms ne null",
+                    filters, f"groupby(({CAMPAIGN}),aggregate($count as n))", f"{AVG} ne null"
                 ),
                 window,
             ),
             self._aggregate(
                 self._apply(
                     filters,
-                    "groupby((apex_campaignid,apex_latencyp95ms),aggregate($count as n))",
-                    "apex_latencyp95ms ne null",
+                    f"groupby(({CAMPAIGN},{P95}),aggregate($count as n))",
+                    f"{P95} ne null",
                 ),
                 window,
             ),
         )
-        lat = {r["apex_campaignid"]: [r] for r in latency_runs}
+        lat = {r[CAMPAIGN]: [r] for r in latency_runs}
         pairs: dict[Any, list[tuple[int, int]]] = {}
         for r in latency_hist:  # one histogram per campaign: the same p95 rule as the tiles
-            if r.get("apex_latencyp95ms") is not None:
-                pairs.setdefault(r["apex_campaignid"], []).append(
-                    (int(r["apex_latencyp95ms"]), int(r["n"]))
-                )
+            if r.get(P95) is not None:
+                pairs.setdefault(r[CAMPAIGN], []).append((int(r[P95]), int(r["n"])))
         out = [
             (
-                str(r["apex_campaignid"]),
+                str(r[CAMPAIGN]),
                 self._totals(
                     r,
-                    lat.get(r["apex_campaignid"], []),
-                    p95_from_histogram(histogram(pairs.get(r["apex_campaignid"], []))),
+                    lat.get(r[CAMPAIGN], []),
+                    p95_from_histogram(histogram(pairs.get(r[CAMPAIGN], []))),
                 ),
             )
             for r in groups
@@ -248,15 +232,15 @@ class DataverseSource:
         window = filters.window
         where = self._where(
             filters,
-            f"{CREATED} ge {odata_datetime(ceil_second(window.start))}",
-            f"{CREATED} lt {odata_datetime(ceil_second(window.end))}",
+            f"{CREATED} ge {utc_z(ceil_second(window.start))}",
+            f"{CREATED} lt {utc_z(ceil_second(window.end))}",
         )
         count = 0
         async for row in self.client.query(
             ENTITY_SET,
             select=[PG_TO_DATAVERSE[name] for name in RUN_FIELDS],
             filter=where,
-            orderby=f"{CREATED} desc,apex_runid desc",
+            orderby=f"{CREATED} desc,{ALTERNATE_KEY_COLUMN} desc",
             page_size=min(limit, 5000),
         ):
             yield self._run(row)
@@ -266,26 +250,26 @@ class DataverseSource:
 
     @staticmethod
     def _run(row: dict[str, Any]) -> dict[str, Any]:
+        """A run as PostgreSQL gives it: decimals to their column's places, times parsed."""
         out: dict[str, Any] = {}
-        for column, name in DATAVERSE_TO_PG.items():
-            value = row.get(column)
-            if value is not None and name == "cost_usd":
-                value = _decimal(value)
-            elif value is not None and name == "success_rate":
-                value = Decimal(str(value)).quantize(Decimal("0.01"))
-            elif value is not None and name == "created_at":
+        for col in COLUMNS:
+            value = row.get(col.dataverse)
+            if value is not None and col.kind == "decimal":
+                assert col.precision is not None
+                value = Decimal(str(value)).quantize(Decimal(1).scaleb(-col.precision))
+            elif value is not None and col.kind == "datetime":
                 value = _parse_time(str(value))
-            out[name] = value
+            out[col.name] = value
         return out
 
     async def options(self) -> dict[str, list[str]]:
         end = datetime.now(UTC)
         rows = await self._aggregate(
-            "groupby((apex_campaignid,apex_phase),aggregate($count as n))",
+            f"groupby(({CAMPAIGN},{PHASE}),aggregate($count as n))",
             Window(end - timedelta(days=90), end),
         )
-        campaigns = sorted({str(r["apex_campaignid"]) for r in rows if r.get("apex_campaignid")})
-        phases = sorted({str(r["apex_phase"]) for r in rows if r.get("apex_phase")})
+        campaigns = sorted({str(r[CAMPAIGN]) for r in rows if r.get(CAMPAIGN)})
+        phases = sorted({str(r[PHASE]) for r in rows if r.get(PHASE)})
         return {"campaigns": campaigns, "phases": phases}
 
     async def _newest(self, column: str) -> Any:

@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
+from apex_metrics.metric import BY_NAME
+
 HOUR: Final = timedelta(hours=1)
 DAY: Final = timedelta(days=1)
 EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)  # bucket origin, as in panel.sql
@@ -164,6 +166,19 @@ def histogram(values: Iterable[tuple[int, int]]) -> dict[int, int]:
 
 # ------------------------------------------------------------------------------------------------
 # Sums and derived figures
+
+
+# The sums of Totals: each field and the data column (apex_metrics.metric.COLUMNS) it adds up.
+SUMMED: Final = (
+    ("cost_usd", "cost_usd"),
+    ("tokens_in", "tokens_in"),
+    ("tokens_out", "tokens_out"),
+    ("agents_total", "agents_total"),
+    ("agents_successful", "agents_successful"),
+    ("assets_generated", "assets_generated"),
+    ("latency_avg_sum", "latency_avg_ms"),
+)
+assert all(column in BY_NAME for _, column in SUMMED)
 
 
 @dataclass(slots=True)

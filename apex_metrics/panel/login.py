@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.requests import Request
 
+from apex_metrics.formats import at_most
+
 MAX_FORM_BYTES: Final = 8 * 1024
 MAX_FORM_FIELDS: Final = 5
 FAILED_LIMIT: Final = 10
@@ -82,7 +84,7 @@ def same_origin(request: Request) -> bool:
 async def read_form(request: Request) -> tuple[str, str]:
     """``(token, next)`` of a urlencoded login form; :class:`LoginRefused` when too big."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
+    if declared is not None and not at_most(declared, MAX_FORM_BYTES):
         raise LoginRefused(413, f"The sign-in form is larger than {MAX_FORM_BYTES} bytes.")
     body = bytearray()
     async for chunk in request.stream():

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from apex_metrics.exceptions import ApexMetricsError
+from apex_metrics.formats import ascii_int
 from apex_metrics.panel.kpis import WINDOWS, Window
 
 MAX_CUSTOM: Final = timedelta(days=366)
@@ -104,10 +105,7 @@ def parse_limit(params: Mapping[str, str], default: int, maximum: int) -> int:
     value = params.get("limit")
     if value is None or value == "":
         return default
-    # ASCII digits only ("²".isdigit() is true, int("²") fails), and few enough for int().
-    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > len(str(maximum)):
-        raise BadParameter("limit", f"must be an integer from 1 to {maximum}")
-    limit = int(value)
-    if not 1 <= limit <= maximum:
+    limit = ascii_int(value, len(str(maximum)))
+    if limit is None or not 1 <= limit <= maximum:
         raise BadParameter("limit", f"must be an integer from 1 to {maximum}")
     return limit

@@ -13,8 +13,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from apex_metrics.metric import ALTERNATE_KEY_COLUMN, COLUMNS, ENTITY_SET, PRIMARY_NAME
-from apex_metrics.sync.sink import dataverse_body
+from apex_metrics.metric import (
+    ALTERNATE_KEY_COLUMN,
+    COLUMNS,
+    ENTITY_SET,
+    PRIMARY_NAME,
+    dataverse_body,
+)
 
 INSERT_MANY = """
 INSERT INTO campaign_metrics (campaign_id, run_id, phase, agents_total, agents_successful,

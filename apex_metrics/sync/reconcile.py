@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from psycopg.rows import dict_row
 
 from apex_metrics import db
-from apex_metrics.metric import ALTERNATE_KEY_COLUMN, COLUMNS, ENTITY_SET
+from apex_metrics.metric import ALTERNATE_KEY_COLUMN, ENTITY_SET, KEY_FIRST_NAMES, PG_TO_DATAVERSE
 from apex_metrics.sql import load_queries
 from apex_metrics.sync.errors import ReconcileError
 
@@ -33,23 +33,8 @@ CHUNK = 5000  # rows per COPY commit, cursor fetch and repair statement
 SAMPLES = 20
 DELETE_CONCURRENCY = 8  # DELETE requests in flight at once (delete_extra)
 
-# Remote columns in the COPY order of reconcile_copy_remote.
-_REMOTE = [
-    "apex_runid",
-    "apex_campaignid",
-    "apex_phase",
-    "apex_agentstotal",
-    "apex_agentssuccessful",
-    "apex_assetsgenerated",
-    "apex_tokensin",
-    "apex_tokensout",
-    "apex_costusd",
-    "apex_latencyp95ms",
-    "apex_latencyavgms",
-    "apex_successrate",
-    "apex_createdat",
-]
-assert sorted(_REMOTE) == sorted(c.dataverse for c in COLUMNS)
+# Remote columns in the COPY order of reconcile_copy_remote: the key, then the rest.
+_REMOTE: Final = tuple(PG_TO_DATAVERSE[name] for name in KEY_FIRST_NAMES)
 
 
 class Source(Protocol):

@@ -3,23 +3,17 @@
 :class:`DataverseSink` writes through the client with ``UpsertMultiple`` (the default) or a
 ``$batch`` of upserts (``APEX_SYNC_WRITE``); unit tests use a fake with the same shape
 (``sync/fakes.py``). Bodies are built from the current row, never from deltas, so a replay does
-no harm.
+no harm (:func:`apex_metrics.metric.dataverse_body`, also importable from here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, Literal, Protocol
 
 from apex_metrics.dataverse.client import DataverseClient
-from apex_metrics.metric import (
-    ALTERNATE_KEY_COLUMN,
-    COLUMNS,
-    ENTITY_SET,
-    PRIMARY_NAME,
-    TABLE_LOGICAL_NAME,
-    to_json_value,
-)
+from apex_metrics.metric import ALTERNATE_KEY_COLUMN, ENTITY_SET, TABLE_LOGICAL_NAME
+from apex_metrics.metric import dataverse_body as dataverse_body  # verify.py, benches
 
 WriteMode = Literal["upsert-multiple", "batch"]
 WRITE_MODES: Final[tuple[WriteMode, ...]] = ("upsert-multiple", "batch")
@@ -84,23 +78,3 @@ class DataverseSink:
         return await self.client.upsert_multiple(
             self.entity_set, self.logical_name, self.key_column, items, max_throttled=0
         )
-
-
-_BODY_COLUMNS: Final = tuple(
-    (c.name, c.dataverse, c.kind) for c in COLUMNS if c.dataverse != ALTERNATE_KEY_COLUMN
-)
-
-
-def dataverse_body(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The upsert body of one claimed row: every column but the key, plus the primary name.
-
-    The same as ``Metric.to_dataverse()`` (a test keeps them equal), without building a Metric:
-    this runs for every row of every batch.
-    """
-    body: dict[str, Any] = {PRIMARY_NAME: row["run_id"]}
-    for name, dataverse, kind in _BODY_COLUMNS:
-        value = row[name]
-        if value is not None and kind in ("decimal", "datetime"):
-            value = to_json_value(value)
-        body[dataverse] = value
-    return body

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 from apex_metrics.dataverse.multipart_parts import BatchPart, BatchResponseItem
 from apex_metrics.emulator import app as emulator_app
@@ -169,3 +170,31 @@ def test_too_many_columns_is_a_400_and_creates_nothing(
     assert "at most 1000 columns" in answer.json()["error"]["message"]
     assert client.get("EntityDefinitions(LogicalName='apex_wide')").status_code == 404
     assert "apex_wides" not in emulator_stats(emulator)["tables"]
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb2", b"9" * 5000, b"0"])
+def test_page_size_that_is_not_ascii_digits_is_a_400_not_a_500(
+    client: httpx.Client, table: str, value: bytes
+) -> None:
+    # b"\xb2" arrives as "²", which str.isdigit() takes for a digit and int() refuses (it was a
+    # 500); 5,000 digits are past what int() reads.
+    answer = client.get(SET, headers={"Prefer": b"odata.maxpagesize=" + value})
+    assert answer.status_code == 400, answer.text
+    assert "odata.maxpagesize" in answer.json()["error"]["message"]
+    batch = post_batch(
+        client, [BatchPart("GET", SET, headers={"Prefer": "odata.maxpagesize=\u00b2"})]
+    )
+    (item,) = decoded(batch)
+    assert isinstance(item, BatchResponseItem) and item.status == 400
+    assert client.get(SET, params={"$top": "\u00b2"}).status_code == 400
+
+
+@pytest.mark.parametrize("declared", [b"\xb2", b"\xb9\xb2", b"9" * 5000])
+async def test_declared_length_that_is_not_ascii_digits_counts_as_too_large(
+    declared: bytes,
+) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", declared)]}
+    assert await emulator_app.read_capped(Request(scope, receive), 1024) is None

@@ -309,7 +309,8 @@ async def options(request: Request) -> dict[str, Any]:
 
 @router.get("/api/sync", tags=["api"])
 async def sync(request: Request) -> dict[str, Any]:
-    """Freshness (last run N s ago) and sync health: pending, in flight, dead, lag, last runs."""
+    """Freshness (last run N s ago) and sync health: pending, in flight, dead, retrying, lag
+    (as ``sync status`` reads them: one definition, see docs/operations.md), last runs."""
     check_known(dict(request.query_params), ())
     panel = state(request)
     now = datetime.now(UTC)
@@ -319,8 +320,6 @@ async def sync(request: Request) -> dict[str, Any]:
         health = {"sync_engine": None, "message": "PostgreSQL not configured: no sync health"}
     else:
         health = await panel.sync.read()
-        if health.get("lag_seconds") is None:
-            health["lag_seconds"] = 0.0  # nothing waits: no lag (as `apex-metrics sync status`)
         for run in health.get("runs", []):
             for key in ("started_at", "ended_at"):
                 if isinstance(run.get(key), datetime):

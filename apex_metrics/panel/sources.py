@@ -5,7 +5,7 @@ A source answers with sums (:class:`~apex_metrics.panel.kpis.Totals`); the API d
 the partial edge hours and for hours the rollup refresher has not folded yet, in one snapshot
 (:mod:`apex_metrics.rollup`; ``use_rollup=False`` reads raw rows only: the benchmark's
 baseline). The Dataverse source is in ``dataverse_source.py``. Sync health always comes from
-PostgreSQL (:class:`SyncHealthReader`).
+PostgreSQL, through the sync engine's one reader (:class:`SyncHealthReader`).
 """
 
 from __future__ import annotations
@@ -13,24 +13,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, LiteralString, Protocol
 
 from psycopg import AsyncConnection, conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from apex_metrics.metric import FIELD_NAMES
+from apex_metrics.metric import KEY_FIRST_NAMES
 from apex_metrics.panel.kpis import Totals, Window
 from apex_metrics.panel.params import Filters
 from apex_metrics.sql import load_queries
+from apex_metrics.sync.status import Health, health_installed, read_health, read_runs
 
 Q: Final = load_queries("panel.sql")
-RUN_FIELDS: Final = (
-    "run_id", "campaign_id", "phase", "agents_total", "agents_successful", "assets_generated",
-    "tokens_in", "tokens_out", "cost_usd", "latency_p95_ms", "latency_avg_ms", "success_rate",
-    "created_at",
-)  # fmt: skip
-assert set(RUN_FIELDS) == set(FIELD_NAMES)
+# A run's fields, the key first: the order of the `runs` query, /api/runs and the CSV export.
+RUN_FIELDS: Final = KEY_FIRST_NAMES
 
 Series = list[tuple[datetime, Totals]]
 
@@ -183,57 +180,51 @@ class PostgresSource:
         return f"{rows[0][0]}:{rows[0][1]}"
 
 
+NOT_INSTALLED: Final = "sync engine not installed: run `apex-metrics db migrate`"
+
+
 class SyncHealthReader:
-    """Pending, in flight, dead, lag and the last sync runs, read from PostgreSQL."""
+    """Sync health for ``/api/sync``: the figures of :func:`apex_metrics.sync.status.read_health`
+    (one definition: the view ``v_sync_health``) and the last sync runs, from PostgreSQL."""
 
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]):
         self.pool = pool
 
-    async def _fetch(self, name: LiteralString, args: dict[str, Any]) -> list[tuple[Any, ...]]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(Q[name], args)
-            return await cur.fetchall()
-
     async def read(self, *, runs: int = 10) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        installed = bool((await self._fetch("has_sync_engine", {}))[0][0])
-        if not installed:
-            count, oldest = (await self._fetch("pending_basic", {}))[0]
-            return {
-                "sync_engine": False,
-                "message": "sync engine not installed",
-                "pending": int(count),
-                "in_flight": None,
-                "dead": None,
-                "lag_seconds": _age(now, oldest),
-                "runs": [],
-            }
-        pending, in_flight, dead, oldest = (await self._fetch("sync_health", {}))[0]
-        rows = await self._fetch("sync_runs", {"limit": runs})
-        keys = (
-            "id", "worker", "started_at", "ended_at", "claimed", "created", "updated", "upserted",
-            "failed", "dead_lettered", "requeued", "throttled", "error",
-        )  # fmt: skip
-        history = []
-        for row in rows:
-            run = dict(zip(keys, row, strict=True))
-            if run["ended_at"] is None:
-                run["outcome"] = "running"
-            elif run["error"] or run["failed"] or run["dead_lettered"]:
-                run["outcome"] = "failed" if run["error"] else "partial"
-            else:
-                run["outcome"] = "ok"
-            history.append(run)
+        async with self.pool.connection() as conn:
+            if not await health_installed(conn):
+                return sync_health_json(None, [])
+            health = await read_health(conn)
+            history = await read_runs(conn, runs)
+        return sync_health_json(health, history)
+
+
+def sync_health_json(health: Health | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``/api/sync``'s health part: the figures as the reader gives them (all None when the
+    database has no sync engine yet), and each run with its outcome."""
+    if health is None:
+        figures: dict[str, Any] = dict.fromkeys(("pending", "in_flight", "dead", "retrying"))
         return {
-            "sync_engine": True,
-            "message": None,
-            "pending": int(pending),
-            "in_flight": int(in_flight),
-            "dead": int(dead),
-            "lag_seconds": _age(now, oldest),
-            "runs": history,
+            "sync_engine": False,
+            "message": NOT_INSTALLED,
+            **figures,
+            "lag_seconds": None,
+            "runs": [],
         }
+    return {
+        "sync_engine": True,
+        "message": None,
+        **health.to_dict(),
+        "runs": [{**run, "outcome": run_outcome(run)} for run in runs],
+    }
 
 
-def _age(now: datetime, then: datetime | None) -> float | None:
-    return None if then is None else round(max((now - then).total_seconds(), 0.0), 1)
+def run_outcome(run: dict[str, Any]) -> str:
+    """``running`` (not ended), ``failed`` (an error), ``partial`` (rows failed or dead), ``ok``."""
+    if run["ended_at"] is None:
+        return "running"
+    if run["error"]:
+        return "failed"
+    if run["failed"] or run["dead_lettered"]:
+        return "partial"
+    return "ok"

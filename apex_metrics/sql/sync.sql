@@ -185,25 +185,14 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp();
 -- This process stops cleanly.
 DELETE FROM sync_processes WHERE id = %(id)s;
 
--- name: queue_counts
--- The queue at a glance: pending (waiting, incl. retrying), in flight, dead, retrying, and
--- the age in seconds of the oldest undelivered change (lag; dead rows excluded).
-SELECT
-    count(*) FILTER (WHERE c.sync_dead_version <> c.version
-                       AND (l.lease_until IS NULL OR l.lease_until < clock_timestamp()))
-        AS pending,
-    count(*) FILTER (WHERE c.sync_dead_version <> c.version
-                       AND l.lease_until >= clock_timestamp()) AS in_flight,
-    count(*) FILTER (WHERE c.sync_dead_version = c.version) AS dead,
-    count(*) FILTER (WHERE c.sync_dead_version <> c.version
-                       AND c.sync_next_attempt_at > clock_timestamp()) AS retrying,
-    coalesce(extract(epoch FROM clock_timestamp()
-                     - min(c.updated_at) FILTER (WHERE c.sync_dead_version <> c.version)),
-             0)::float8
-        AS lag_seconds
-FROM campaign_metrics AS c
-LEFT JOIN sync_leases AS l ON l.id = c.id
-WHERE c.exported_version < c.version;
+-- name: sync_health
+-- The sync health figures: pending, in flight, dead, retrying and lag, as v_sync_health
+-- (0011_sync_health) defines them. Read through apex_metrics.sync.status.read_health only.
+SELECT pending, in_flight, dead, retrying, lag_seconds FROM v_sync_health;
+
+-- name: sync_health_installed
+-- Whether this database has the sync health view and the run history (`db migrate` adds them).
+SELECT to_regclass('v_sync_health') IS NOT NULL AND to_regclass('sync_runs') IS NOT NULL;
 
 -- name: throughput
 -- Rows delivered in the last %(seconds)s seconds according to the run history.
@@ -225,6 +214,7 @@ ORDER BY c.sync_last_error_at DESC
 LIMIT %(limit)s;
 
 -- name: last_runs
+-- The newest sync runs, newest first (the run history of `sync status` and the panel).
 SELECT id, worker, started_at, ended_at, claimed, created, updated, upserted, failed, dead_lettered,
        requeued, throttled, error
 FROM sync_runs

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import psycopg
 
 from apex_metrics.aio import wait_event
+from apex_metrics.exceptions import first_line
 
 CHANNEL = "apex_metrics_pending"
 APPLICATION_NAME = "apex-metrics-sync-listener"
@@ -57,7 +58,7 @@ async def listen(
             log.warning(
                 "listener connection lost, reconnecting in %.1fs: %s",
                 delay,
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                first_line(exc),
                 extra={"event": "listener_error"},
             )
             wake_all()

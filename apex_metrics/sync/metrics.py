@@ -1,7 +1,8 @@
 """Prometheus metrics of the sync engine (served by ``sync --metrics-port``).
 
 Counters move as batches settle; the queue gauges (pending, in flight, dead, lag) are refreshed
-from PostgreSQL every few seconds by the engine, so every process reports the shared queue.
+from PostgreSQL every few seconds by the engine, so every process reports the shared queue. They
+are the sync health figures of ``status.read_health`` (one definition: ``v_sync_health``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ class SyncMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.pending = Gauge("apex_sync_pending_rows", "Rows waiting to be exported", registry=r)
+        self.pending = Gauge(
+            "apex_sync_pending_rows", "Rows waiting to be sent (not in flight or dead)", registry=r
+        )
         self.in_flight = Gauge("apex_sync_in_flight_rows", "Rows leased by a worker", registry=r)
         self.dead = Gauge("apex_sync_dead_rows", "Dead-lettered rows", registry=r)
-        self.lag = Gauge(
-            "apex_sync_lag_seconds", "Age of the oldest undelivered change", registry=r
-        )
+        self.lag = Gauge("apex_sync_lag_seconds", "Age of the oldest pending change", registry=r)
         self.delivered = Counter(
             "apex_sync_delivered_rows", "Rows upserted into Dataverse", ["outcome"], registry=r
         )

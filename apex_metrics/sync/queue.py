@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from apex_metrics.sql import load_queries
+from apex_metrics.sync.status import Health, read_health
 
 Q = load_queries("sync.sql")
 
@@ -28,8 +29,10 @@ class Claim:
     rows: list[dict[str, Any]]  # id, version, attempts and the 13 data columns, in id order
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:
+    """One row of a claim that was not delivered, and what to do with it (keywords only)."""
+
     id: int
     version: int
     dead: bool
@@ -39,8 +42,12 @@ class Failure:
     message: str
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RunSummary:
+    """The counts of one batch: its row of ``sync_runs`` (``throttled`` counts rows given back
+    because of a 429). Not ``worker.EngineStats``: those are a process's totals, where
+    ``throttled`` counts 429 answers, with batches, requests, lost leases and errors besides."""
+
     created: int = 0
     updated: int = 0
     upserted: int = 0  # delivered by a 204 that does not say created or updated
@@ -58,6 +65,7 @@ class Settled:
     dead: int  # dead-lettered now
     lost_lease: int = 0  # rows no longer ours (lease expired and taken): nothing written
     dead_keys: list[str] = field(default_factory=list)
+    run: RunSummary = field(default_factory=RunSummary)  # the run as recorded in sync_runs
 
 
 class Queue:
@@ -91,7 +99,10 @@ class Queue:
         failures: Sequence[Failure],
         summary: RunSummary,
     ) -> Settled:
-        """Acknowledge the delivered rows, record the failures, close the run: one transaction."""
+        """Acknowledge the delivered rows, record the failures, close the run: one transaction.
+
+        ``summary`` is left as it is: the run as recorded, with the rows requeued and
+        dead-lettered that only this transaction knows, is ``Settled.run``."""
         acked = requeued = dead = 0
         dead_ids: set[int] = set()
         touched = 0
@@ -130,25 +141,24 @@ class Queue:
                     if row["dead"]:
                         dead += 1
                         dead_ids.add(int(row["id"]))
-            summary.requeued = requeued
-            summary.dead_lettered = dead
+            run = replace(summary, requeued=requeued, dead_lettered=dead)
             await cur.execute(
                 Q["finish_run"],
                 {
                     "run_id": claim.run_id,
-                    "created": summary.created,
-                    "updated": summary.updated,
-                    "upserted": summary.upserted,
-                    "failed": summary.failed,
-                    "dead_lettered": summary.dead_lettered,
-                    "requeued": summary.requeued,
-                    "throttled": summary.throttled,
-                    "error": summary.error,
+                    "created": run.created,
+                    "updated": run.updated,
+                    "upserted": run.upserted,
+                    "failed": run.failed,
+                    "dead_lettered": run.dead_lettered,
+                    "requeued": run.requeued,
+                    "throttled": run.throttled,
+                    "error": run.error,
                 },
             )
         keys = [str(r["run_id"]) for r in claim.rows if r["id"] in dead_ids]
         lost = len(delivered) + len(failures) - touched
-        return Settled(acked, requeued, dead, lost_lease=lost, dead_keys=keys)
+        return Settled(acked, requeued, dead, lost_lease=lost, dead_keys=keys, run=run)
 
     async def release(self, claim: Claim, *, delay: float = 0.0, error: str | None = None) -> None:
         """Give the claim's rows back without counting the attempt, and close its run."""
@@ -185,14 +195,12 @@ class Queue:
             await conn.rollback()
         return None if row is None or row[0] is None else max(0.0, float(row[0]))
 
-    async def counts(self) -> dict[str, Any]:
+    async def health(self) -> Health:
+        """The sync health figures (``status.read_health``: pending, in flight, dead, …)."""
         async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(Q["queue_counts"])
-            row = await cur.fetchone()
+            health = await read_health(conn)
             await conn.rollback()
-        assert row is not None
-        return dict(row)
+        return health
 
     async def prune_runs(self, days: int) -> int:
         async with self.pool.connection() as conn, conn.transaction():

@@ -162,13 +162,19 @@ async def test_bad_parameters_get_400_naming_the_parameter(h: Any, database_url:
         assert ok.json()["window"]["start"] == "2025-12-31T23:00:00+00:00"
 
 
-async def test_sync_health_degrades_without_the_sync_engine(h: Any, database_url: str) -> None:
+@pytest.mark.parametrize("drop", ["DROP VIEW v_sync_health", "DROP TABLE sync_runs"])
+async def test_sync_health_degrades_without_the_sync_engine(
+    h: Any, database_url: str, drop: str
+) -> None:
+    """A database without the sync health view (before migration 0011) or the run history:
+    no figures at all (no second definition of them), and the command that adds them."""
     with psycopg.connect(database_url) as conn:
-        conn.execute("DROP TABLE sync_runs")
+        conn.execute(drop)
         conn.execute(h.INSERT, h.random_run(random.Random(1), datetime.now(UTC), "pending-1"))
     async with h.panel_client(PanelConfig(source="postgres", database_url=database_url)) as c:
         body = (await c.get("/api/sync")).json()
     assert body["sync_engine"] is False
-    assert body["message"] == "sync engine not installed"
-    assert body["pending"] == 1 and body["dead"] is None and body["runs"] == []
-    assert body["last_run_at"] is not None and body["lag_seconds"] is not None
+    assert body["message"] == "sync engine not installed: run `apex-metrics db migrate`"
+    figures = ("pending", "in_flight", "dead", "retrying", "lag_seconds")
+    assert all(body[k] is None for k in figures) and body["runs"] == []
+    assert body["last_run_at"] is not None

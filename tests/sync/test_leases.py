@@ -103,8 +103,16 @@ async def test_failure_keeps_attempts_and_release_gives_one_back(
     await queue.settle(
         claim,
         [],
-        [Failure(first["id"], first["version"], False, 0.0, True, "500", "boom"),
-         Failure(second["id"], second["version"], True, 0.0, True, "0x80044331", "bad")],
+        [
+            Failure(
+                id=first["id"], version=first["version"], dead=False, delay=0.0, counted=True,
+                code="500", message="boom",
+            ),
+            Failure(
+                id=second["id"], version=second["version"], dead=True, delay=0.0, counted=True,
+                code="0x80044331", message="bad",
+            ),
+        ],
         RunSummary(failed=2),
     )  # fmt: skip
     held = await leases(database_url)
@@ -123,6 +131,37 @@ async def test_failure_keeps_attempts_and_release_gives_one_back(
         {"id": first["id"]},
     )
     assert waiting == [(True,)]
+
+
+async def test_settle_returns_the_run_it_recorded_and_leaves_the_summary_alone(
+    database_url: str, queue: Queue
+) -> None:
+    await insert_rows(database_url, 3)
+    claim = await queue.claim(owner="w/1", worker="w", limit=10, lease_seconds=60)
+    assert claim is not None
+    first, second, third = claim.rows
+    await execute(
+        database_url,
+        "UPDATE campaign_metrics SET tokens_in = tokens_in + 1 WHERE id = %(id)s",
+        {"id": second["id"]},
+    )  # changed in flight: delivered, but still pending
+    summary = RunSummary(created=2, failed=1)
+    dead = Failure(
+        id=third["id"], version=third["version"], dead=True, delay=0.0, counted=True,
+        code="0x80044331", message="bad",
+    )  # fmt: skip
+    settled = await queue.settle(
+        claim, [(first["id"], first["version"]), (second["id"], second["version"])], [dead], summary
+    )
+    assert summary == RunSummary(created=2, failed=1)  # the caller's value, unchanged
+    assert settled.run == RunSummary(created=2, failed=1, requeued=1, dead_lettered=1)
+    assert (settled.acked, settled.requeued, settled.dead) == (1, 1, 1)
+    recorded = await execute(
+        database_url,
+        "SELECT created, failed, requeued, dead_lettered FROM sync_runs WHERE id = %(id)s",
+        {"id": claim.run_id},
+    )
+    assert recorded == [(2, 1, 1, 1)]
 
 
 async def test_deleted_and_truncated_rows_take_their_leases(

@@ -1,6 +1,7 @@
 """deploy/: the systemd units and the reverse-proxy examples agree with the CLI, the settings
 and each other (the app under a root path with forwarded headers is tested in
-tests/panel/test_proxy_assets.py and test_browser_layout.py)."""
+tests/panel/test_proxy_assets.py and test_browser_layout.py; the examples run, in real nginx and
+Caddy in front of the panel, in tests/panel/test_proxy_live.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def test_proxy_examples_match_the_panel_unit() -> None:
 
     nginx = (DEPLOY / "nginx" / "apex-metrics-panel.conf").read_text()
     assert f"location {prefix}/ {{" in nginx and f"location = {prefix} {{" in nginx
+    assert f"return 308 {prefix}/$is_args$args;" in nginx  # the query string is kept
     assert f"proxy_pass http://{upstream};" in nginx  # prefix passed on (no URI part)
     events = nginx[nginx.index(f"location = {prefix}/api/events") :].split("}", 1)[0]
     assert "proxy_buffering off;" in events and "gzip off;" in events
@@ -85,6 +87,8 @@ def test_proxy_examples_match_the_panel_unit() -> None:
     assert "proxy_set_header Host $host" not in nginx
 
     caddy = (DEPLOY / "caddy" / "Caddyfile").read_text()
-    assert f"handle {prefix}/* {{" in caddy and f"reverse_proxy {upstream}" in caddy
+    assert f"@panel path {prefix} {prefix}/*" in caddy and "handle @panel {" in caddy
+    assert f"reverse_proxy {upstream}" in caddy
     assert "flush_interval -1" in caddy and "header_up Host {upstream_hostport}" in caddy
-    assert re.search(rf"redir {re.escape(prefix)} {re.escape(prefix)}/ 308", caddy)
+    # The panel redirects the bare prefix, keeping the query string (Caddy's redir drops it).
+    assert not re.search(r"^\s*redir ", caddy, re.M)

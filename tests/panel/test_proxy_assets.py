@@ -57,6 +57,10 @@ async def test_served_under_a_root_path_whether_the_proxy_strips_it_or_not(
         for link in links:  # relative links resolve under the prefix
             if link.startswith("static/"):
                 assert (await c.get(f"{PREFIX}/{link}", headers=HTTPS)).status_code == 200, link
+        # Starlette's trailing-slash redirect is absolute, on the upstream's Host: made relative.
+        slash = await c.get(PREFIX + "/api/kpis/", params={"window": "7d"}, headers=HTTPS)
+        assert slash.status_code == 307
+        assert slash.headers["location"] == PREFIX + "/api/kpis?window=7d"
         passed_on = await c.get(PREFIX + "/api/kpis", params={"window": "7d"}, headers=HTTPS)
         stripped = await c.get("/api/kpis", params={"window": "7d"}, headers=HTTPS)
         assert passed_on.status_code == stripped.status_code == 200
@@ -133,6 +137,8 @@ async def test_assets_are_hashed_cached_and_compressed(h: Any, database_url: str
         unversioned = await c.get("/static/panel.css")
         assert unversioned.headers["cache-control"] == "no-cache" and unversioned.headers["etag"]
         assert (await c.get("/static/../api.py")).status_code == 404
+        slash = await c.get("/api/kpis/", params={"window": "7d"})  # without a root path too
+        assert slash.headers["location"] == "/api/kpis?window=7d"
         big = await c.get(
             "/api/runs",
             params={"window": "30d", "limit": "1000"},

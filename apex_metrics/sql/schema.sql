@@ -91,11 +91,17 @@ CREATE TRIGGER apex_metrics_mark_changed
 
 -- NOTIFY apex_metrics_pending once per statement with the ids that became pending:
 -- {"ids": [1, 2]}, or {"more": true} past 300 ids (NOTIFY payloads must stay < 8000 bytes).
+-- (0010_sync_doorbell) Only while a sync engine process sleeps (sync_processes.asleep_since);
+-- the shared advisory lock "apexbell", held to commit, lets the engine fence writers in flight.
 CREATE FUNCTION apex_metrics_notify_pending() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
 BEGIN
+    PERFORM pg_advisory_xact_lock_shared(7021223386791898220);  -- "apexbell"
+    IF NOT EXISTS (SELECT 1 FROM sync_processes WHERE asleep_since IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(id) INTO ids
         FROM (SELECT id FROM apex_new_rows WHERE exported_version < version LIMIT 301) s;
@@ -234,8 +240,35 @@ CREATE TABLE sync_processes (
     pid integer NOT NULL,
     workers integer NOT NULL,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    asleep_since timestamptz  -- (0010_sync_doorbell) writers NOTIFY while it is set
 );
+
+-- (0011_sync_health) The one definition of the sync health figures, read by `sync status`, the
+-- panel, verify and the engine's gauges (apex_metrics.sync.status.read_health); see
+-- 0011_sync_health.sql and docs/operations.md, "Sync health figures".
+CREATE VIEW v_sync_health AS
+WITH clock AS (
+    SELECT clock_timestamp() AS now
+), undelivered AS (
+    SELECT c.updated_at,
+           c.sync_next_attempt_at > clock.now AS scheduled_later,
+           c.sync_dead_version = c.version AS dead,
+           coalesce(l.lease_until >= clock.now, false) AS leased
+    FROM campaign_metrics AS c
+    CROSS JOIN clock
+    LEFT JOIN sync_leases AS l ON l.id = c.id
+    WHERE c.exported_version < c.version
+)
+SELECT count(*) FILTER (WHERE NOT dead AND NOT leased) AS pending,
+       count(*) FILTER (WHERE NOT dead AND leased) AS in_flight,
+       count(*) FILTER (WHERE dead) AS dead,
+       count(*) FILTER (WHERE NOT dead AND NOT leased AND scheduled_later) AS retrying,
+       greatest(coalesce(extract(epoch FROM (SELECT now FROM clock)
+                                            - min(updated_at) FILTER (WHERE NOT dead
+                                                                        AND NOT leased)),
+                         0), 0)::float8 AS lag_seconds
+FROM undelivered;
 
 -- ============================================================================================
 -- panel (0003_*, 0009_*)

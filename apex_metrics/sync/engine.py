@@ -25,6 +25,7 @@ from apex_metrics import db
 from apex_metrics.aio import cancel_and_wait, wait_event
 from apex_metrics.dataverse.pacing import Pacer
 from apex_metrics.dataverse.retry import ROW_RETRY, RetryPolicy
+from apex_metrics.sync import doorbell
 from apex_metrics.sync.listener import listen
 from apex_metrics.sync.metrics import SyncMetrics
 from apex_metrics.sync.queue import Queue
@@ -174,6 +175,12 @@ class Engine:
 
     async def _work(self, queue: Queue, n: int) -> None:
         workers = []
+        # Writers NOTIFY only while a worker of a listening engine sleeps (0010_sync_doorbell).
+        bell = None
+        if self.config.listen and not self.config.worker.once:
+            bell = doorbell.Doorbell(queue.pool, self.id)
+            with contextlib.suppress(*DB_ERRORS):
+                await queue.heartbeat(self.id, n)  # the row the doorbell is armed on
         for i in range(n):
             wake = asyncio.Event()
             self._wakes.append(wake)
@@ -190,6 +197,7 @@ class Engine:
                     stats=self.stats,
                     metrics=self.metrics,
                     recruit=self.wake_one,
+                    doorbell=bell,
                 )
             )
         self._workers = workers
@@ -241,11 +249,11 @@ class Engine:
         tick = 0
         while not self.stop.is_set():
             with contextlib.suppress(*DB_ERRORS):
-                counts = await queue.counts()
-                self.metrics.pending.set(counts["pending"])
-                self.metrics.in_flight.set(counts["in_flight"])
-                self.metrics.dead.set(counts["dead"])
-                self.metrics.lag.set(counts["lag_seconds"])
+                health = await queue.health()
+                self.metrics.pending.set(health.pending)
+                self.metrics.in_flight.set(health.in_flight)
+                self.metrics.dead.set(health.dead)
+                self.metrics.lag.set(health.lag_seconds)
             tick += 1
             if tick % 720 == 0:  # about hourly at the default interval
                 await self._prune(queue)
@@ -265,3 +273,5 @@ class Engine:
     async def _prune(self, queue: Queue) -> None:
         with contextlib.suppress(*DB_ERRORS):
             await queue.prune_runs(self.config.retention_days)
+        with contextlib.suppress(*DB_ERRORS):
+            await doorbell.prune(queue.pool)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,10 +26,13 @@ from apex_metrics.aio import wait_event
 from apex_metrics.dataverse.errors import DataverseError, Throttled
 from apex_metrics.dataverse.pacing import Pacer, SlotWaitStopped
 from apex_metrics.dataverse.retry import RetryPolicy
+from apex_metrics.exceptions import first_line
+from apex_metrics.metric import dataverse_body
+from apex_metrics.sync.doorbell import Doorbell
 from apex_metrics.sync.errors import SinkFailed
 from apex_metrics.sync.metrics import SyncMetrics
-from apex_metrics.sync.queue import Claim, Failure, Queue, RunSummary
-from apex_metrics.sync.sink import Outcome, Sink, dataverse_body
+from apex_metrics.sync.queue import Claim, Failure, Queue, RunSummary, Settled
+from apex_metrics.sync.sink import Outcome, Sink
 
 log = logging.getLogger("apex_metrics.sync")
 
@@ -50,7 +54,10 @@ class WorkerConfig:
 
 @dataclass(slots=True)
 class EngineStats:
-    """What this process did (the report of ``sync --once``)."""
+    """What this process did (the report of ``sync --once``): the sum of its batches'
+    ``RunSummary`` values (``_account``), except ``throttled``, which counts 429 answers here
+    and rows given back in a run; plus what no ``RunSummary`` holds (batches, requests, rows
+    claimed, lost leases, database errors, the latest dead keys)."""
 
     batches: int = 0
     requests: int = 0
@@ -112,7 +119,9 @@ class Worker:
     stats: EngineStats
     metrics: SyncMetrics
     recruit: Callable[[], None] | None = None  # wake another worker: this batch was full
+    doorbell: Doorbell | None = None  # armed before sleeping (writers NOTIFY only then)
     idle: bool = False  # waiting for a NOTIFY or the poll interval
+    _limit: int = 0  # the rows the last claim asked for
     _seq: int = 0
 
     async def run(self) -> None:
@@ -122,6 +131,11 @@ class Worker:
             self.wake.clear()
             try:
                 claimed = await self.run_batch()
+                if self.doorbell is not None and not self.stop.is_set():
+                    if not claimed and await self.doorbell.arm():
+                        continue  # armed just now: claim once more, then sleep
+                    if claimed and claimed >= self._limit:
+                        await self.doorbell.disarm()  # rows come faster than a batch
                 if not claimed and self.config.once and not self.stop.is_set():
                     due = await self.queue.next_due()
                     if due is None:
@@ -134,7 +148,7 @@ class Worker:
                 log.warning(
                     "database error, retrying in %.1fs: %s",
                     db_backoff,
-                    _first_line(exc),
+                    first_line(exc),
                     extra={"event": "db_error", "worker": self.name},
                 )
                 await self._idle(db_backoff, wakeable=False)
@@ -160,10 +174,11 @@ class Worker:
         claim: Claim | None = None
         try:
             async with self.pacer.slot(until=self.stop):
+                self._limit = self.pacer.batch_size(self.config.batch_size)
                 claim = await self.queue.claim(
                     owner=owner,
                     worker=self.name,
-                    limit=self.pacer.batch_size(self.config.batch_size),
+                    limit=self._limit,
                     lease_seconds=self.config.lease_seconds,
                 )
                 if claim is None:
@@ -218,16 +233,16 @@ class Worker:
 
     async def _settle(self, claim: Claim, sent: _Sent) -> None:
         rows = claim.rows
-        summary = RunSummary()
         delivered: list[tuple[int, int]] = []
         failures: list[Failure] = []
+        outcomes: Counter[str] = Counter()
         if sent.fatal is not None:
             exc = sent.fatal
             await self.queue.release(claim, delay=0.0, error=_clip(str(exc)))
             raise SinkFailed(str(exc), hint=exc.hint) from exc
         if sent.throttled is not None:
             pause = RetryPolicy.pause_for(sent.throttled.retry_after)
-            self._count_throttle(summary, len(rows))
+            self._count_throttle()
             log.info(
                 "throttled (429): every worker waits %.1fs",
                 pause,
@@ -246,10 +261,16 @@ class Worker:
             failures = self._transient_all(rows, code, message)
         else:
             assert sent.outcomes is not None
-            delivered, failures = await self._classify(rows, sent.outcomes, summary)
-        summary.failed = sum(1 for f in failures if f.counted)
+            delivered, failures, outcomes = await self._classify(rows, sent.outcomes)
+        summary = RunSummary(
+            created=outcomes["created"],
+            updated=outcomes["updated"],
+            upserted=outcomes["upserted"],
+            failed=sum(1 for f in failures if f.counted),
+            throttled=sum(1 for f in failures if not f.counted),  # given back: a 429
+        )
         settled = await self.queue.settle(claim, delivered, failures, summary)
-        self._account(summary, settled.acked, settled.requeued, settled.dead, settled.lost_lease)
+        self._account(settled)
         if settled.dead_keys:
             self.stats.dead_keys.extend(settled.dead_keys[:100])
             del self.stats.dead_keys[:-100]  # the latest 100: a daemon must not grow forever
@@ -266,10 +287,10 @@ class Worker:
                 "worker": self.name,
                 "counts": {
                     "claimed": len(rows),
-                    "created": summary.created,
-                    "updated": summary.updated,
-                    "upserted": summary.upserted,
-                    "failed": summary.failed,
+                    "created": settled.run.created,
+                    "updated": settled.run.updated,
+                    "upserted": settled.run.upserted,
+                    "failed": settled.run.failed,
                     "dead": settled.dead,
                     "requeued": settled.requeued,
                 },
@@ -277,11 +298,14 @@ class Worker:
         )
 
     async def _classify(
-        self, rows: list[dict[str, Any]], outcomes: Sequence[Outcome], summary: RunSummary
-    ) -> tuple[list[tuple[int, int]], list[Failure]]:
+        self, rows: list[dict[str, Any]], outcomes: Sequence[Outcome]
+    ) -> tuple[list[tuple[int, int]], list[Failure], Counter[str]]:
+        """Rows delivered, failures, and the delivered rows by outcome (created, updated,
+        upserted)."""
         by_key = {o.key: o for o in outcomes}
         delivered: list[tuple[int, int]] = []
         failures: list[Failure] = []
+        counts: Counter[str] = Counter()
         retry_after: float | None = None
         for r in rows:
             o = by_key.get(str(r["run_id"]))
@@ -295,12 +319,7 @@ class Worker:
                 )  # fmt: skip
             elif o.outcome != "failed":
                 delivered.append((r["id"], r["version"]))
-                if o.outcome == "created":
-                    summary.created += 1
-                elif o.outcome == "updated":
-                    summary.updated += 1
-                else:
-                    summary.upserted += 1
+                counts[o.outcome if o.outcome in ("created", "updated") else "upserted"] += 1
             elif o.status == 429:  # one part of a $batch throttled: not the row's fault
                 retry_after = max(retry_after or 0.0, o.retry_after)
                 failures.append(
@@ -319,9 +338,9 @@ class Worker:
                 )  # fmt: skip
         if retry_after is not None:
             pause = await self.pacer.throttled(retry_after)
-            self._count_throttle(summary, sum(1 for f in failures if not f.counted))
+            self._count_throttle()
             failures = [f if f.counted else replace(f, delay=pause) for f in failures]
-        return delivered, failures
+        return delivered, failures, counts
 
     def _transient_all(self, rows: list[dict[str, Any]], code: str, message: str) -> list[Failure]:
         out = []
@@ -335,33 +354,32 @@ class Worker:
             )  # fmt: skip
         return out
 
-    def _count_throttle(self, summary: RunSummary, rows: int) -> None:
-        summary.throttled += rows
+    def _count_throttle(self) -> None:
+        """One 429 answer (this process's count; the run counts the rows it gave back)."""
         self.stats.throttled += 1
         self.metrics.throttled.inc()
 
-    def _account(
-        self, summary: RunSummary, acked: int, requeued: int, dead: int, lost: int
-    ) -> None:
-        s = self.stats
-        s.created += summary.created
-        s.updated += summary.updated
-        s.upserted += summary.upserted
-        s.failed += summary.failed
-        s.dead_lettered += dead
-        s.requeued += requeued
-        s.lost_lease += lost
+    def _account(self, settled: Settled) -> None:
+        """Add a settled batch to this process's totals and to the metrics."""
+        run, s = settled.run, self.stats
+        s.created += run.created
+        s.updated += run.updated
+        s.upserted += run.upserted
+        s.failed += run.failed
+        s.dead_lettered += settled.dead
+        s.requeued += settled.requeued
+        s.lost_lease += settled.lost_lease
         for outcome, count in (
-            ("created", summary.created),
-            ("updated", summary.updated),
-            ("upserted", summary.upserted),
+            ("created", run.created),
+            ("updated", run.updated),
+            ("upserted", run.upserted),
         ):
             if count:
                 self.metrics.delivered.labels(outcome).inc(count)
-        if summary.failed:
-            self.metrics.failed.inc(summary.failed)
-        if dead:
-            self.metrics.dead_lettered.inc(dead)
+        if run.failed:
+            self.metrics.failed.inc(run.failed)
+        if settled.dead:
+            self.metrics.dead_lettered.inc(settled.dead)
 
 
 def _msg(o: Outcome) -> str:
@@ -370,8 +388,3 @@ def _msg(o: Outcome) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -85,7 +85,17 @@ async def test_bookkeeping_updates_do_not_bump_version(database_url: str) -> Non
     assert execute(database_url, "SELECT count(*) FROM v_campaign_metrics_pending") == [(1,)]
 
 
+def sleeping_engine(url: str) -> None:
+    """A sync engine process asleep: the doorbell is armed, so writers NOTIFY (0010)."""
+    execute(
+        url,
+        "INSERT INTO sync_processes (id, hostname, pid, workers, asleep_since) "
+        "VALUES ('test-process', 'test', 1, 1, now())",
+    )
+
+
 async def test_notify_carries_ids_only(database_url: str) -> None:
+    sleeping_engine(database_url)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
         await listener.execute("LISTEN apex_metrics_pending")
         async with Recorder(database_url) as rec:
@@ -238,6 +248,7 @@ async def test_record_survives_connections_killed_while_idle(
 async def test_bookkeeping_updates_send_no_notify(database_url: str) -> None:
     async with Recorder(database_url) as rec:
         result = await rec.record(RUN)
+    sleeping_engine(database_url)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
         await listener.execute("LISTEN apex_metrics_pending")
         execute(database_url, "UPDATE campaign_metrics SET exported_version = version")
@@ -247,3 +258,20 @@ async def test_bookkeeping_updates_send_no_notify(database_url: str) -> None:
         ]
         more = [note async for note in listener.notifies(timeout=0.3)]
     assert payloads == [{"ids": [result.id]}] and more == []
+
+
+async def test_writers_ring_only_while_an_engine_sleeps(database_url: str) -> None:
+    """No engine asleep: no NOTIFY (a NOTIFY serialises every committing writer); one asleep:
+    a NOTIFY per statement; one that stopped sleeping: none again (0010_sync_doorbell)."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
+        await listener.execute("LISTEN apex_metrics_pending")
+        async with Recorder(database_url) as rec:
+            await rec.record({"campaign_id": "c", "run_id": "nobody-asleep"})
+            assert [n async for n in listener.notifies(timeout=0.3)] == []
+            sleeping_engine(database_url)
+            rung = await rec.record({"campaign_id": "c", "run_id": "engine-asleep"})
+            notes = [json.loads(n.payload) async for n in listener.notifies(timeout=0.5)]
+            assert notes == [{"ids": [rung.id]}]
+            execute(database_url, "UPDATE sync_processes SET asleep_since = NULL")
+            await rec.record({"campaign_id": "c", "run_id": "engine-at-work"})
+            assert [n async for n in listener.notifies(timeout=0.3)] == []

@@ -13,8 +13,10 @@ retried.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from psycopg import AsyncConnection
@@ -91,4 +93,46 @@ async def write_metrics(conn: AsyncConnection[Any], metrics: Sequence[Metric]) -
                 pass  # a run was recorded meanwhile: upsert instead
         await prepare_stage(conn)
         await copy_rows(conn, Q["copy_stage"], ordered)
+        return await upsert_stage(conn)
+
+
+async def load(
+    conn: AsyncConnection[Any],
+    batches: Iterator[str],
+    first_run_ids: Callable[[], Sequence[str]],
+    check: Callable[[], None],
+) -> tuple[int, int]:
+    """Stream batches of COPY text lines into campaign_metrics: ``(inserted, updated)``. Call
+    inside a transaction. The caller validates while the lines stream (the server loads one
+    batch while the next is checked); ``check`` raises, inside the COPY so that nothing is
+    written, when the input turned out invalid.
+
+    When none of ``first_run_ids()`` (asked after the first batch) is recorded yet, COPY
+    straight into the table (inside a savepoint), keeping a copy of the lines in a local
+    temporary file. If a run turns out to be recorded already (unique violation) or a
+    concurrent writer deadlocks with this one, roll back to the savepoint and upsert instead: the
+    kept lines and the rest of the input go through the staging table and one upsert in run_id
+    order.
+    """
+    first = next(batches, "")
+    direct = not await any_run_exists(conn, first_run_ids())
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as kept:
+        if direct:
+            try:
+                async with conn.transaction():
+                    async with conn.cursor().copy(Q["copy_metrics"]) as copy:
+                        for batch in itertools.chain([first], batches):
+                            kept.write(batch)
+                            await copy.write(batch)
+                        check()
+                    return int(copy.cursor.rowcount), 0
+            except RETRY_ON:
+                kept.seek(0)
+                first = ""
+                batches = iter(lambda: kept.read(1 << 20), "")
+        await prepare_stage(conn)
+        async with conn.cursor().copy(Q["copy_stage"]) as copy:
+            for batch in itertools.chain([first], batches):
+                await copy.write(batch)
+            check()
         return await upsert_stage(conn)

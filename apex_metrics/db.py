@@ -31,6 +31,7 @@ from apex_metrics.exceptions import (
     DatabaseMissing,
     DatabaseUnreachable,
     SchemaNotMigrated,
+    first_line,
 )
 from apex_metrics.settings import get_settings
 from apex_metrics.sql import load_migrations, load_queries
@@ -157,17 +158,15 @@ def wrap_connect_error(exc: Exception, url: str) -> DatabaseError:
             f"cannot reach PostgreSQL at {host} (connection refused)",
             hint="check that PostgreSQL is running and the host and port in APEX_DATABASE_URL",
         )
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return DatabaseUnreachable(
-        f"cannot connect to PostgreSQL at {host}: {first}",
+        f"cannot connect to PostgreSQL at {host}: {first_line(exc)}",
         hint="check APEX_DATABASE_URL and that the server is up",
     )
 
 
 def wrap_query_error(exc: psycopg.Error, where: str) -> DatabaseError:
     """Turn a psycopg failure during a query into one of ours (one line, naming the database)."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
+    first = first_line(exc)
     if isinstance(exc, UndefinedTable | UndefinedColumn | UndefinedFunction):
         return SchemaNotMigrated(f"the database {where} lacks part of the schema: {first}")
     if (exc.sqlstate or "").startswith("40"):  # deadlock, serialization failure: not the network
@@ -203,17 +202,20 @@ async def open_pool(
     max_size: int = 10,
     check_schema: bool = True,
     check_connections: bool = True,
+    autocommit: bool = False,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
     """An open pool for the block's duration. One trial connection first, so that a bad URL or a
     missing schema fails with one clear line instead of a pool timeout.
 
     ``check_connections`` pings each connection as it leaves the pool (one extra round trip);
-    callers that retry on a broken connection themselves (the recorder) turn it off."""
+    callers that retry on a broken connection themselves (the recorder) turn it off.
+    ``autocommit`` connections run each statement in its own transaction unless the caller opens
+    one (``conn.transaction()``)."""
     url = database_url(url)
     async with await connect(url) as conn:
         if check_schema:
             await ensure_migrated(conn)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"autocommit": True} if autocommit else {}
     if "connect_timeout" not in conninfo.conninfo_to_dict(url):
         kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
     pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
@@ -348,9 +350,9 @@ async def migrate(url: str | None = None) -> MigrationReport:
                             },
                         )
                 except psycopg.Error as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                     raise DatabaseError(
-                        f"migration {migration.name} failed on {report.database}: {first}",
+                        f"migration {migration.name} failed on {report.database}: "
+                        f"{first_line(exc)}",
                         hint="nothing of this migration was applied; fix the cause and re-run",
                     ) from exc
                 report.applied.append(migration.name)

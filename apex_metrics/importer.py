@@ -4,7 +4,7 @@ Every row is validated before anything is committed: rows stream through COPY in
 transaction, and the transaction commits only when the whole file is valid (or, with
 ``skip_invalid``, after setting the bad rows aside). New runs go straight into
 ``campaign_metrics``; when some run is already recorded, the rows go through a temporary staging
-table and one upsert in run_id order instead (see ``_load``). A run id repeated in the file is
+table and one upsert in run_id order instead (see ``bulk.load``). A run id repeated in the file is
 an error naming both lines. Errors list the line, the field and the rule.
 
 CSV details: a UTF-8 byte order mark is ignored; blank lines are skipped (line numbers still count
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,9 +29,14 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from apex_metrics.bulk import RETRY_ON, any_run_exists, prepare_stage, upsert_stage
-from apex_metrics.db import Q, connect, database_url, describe, ensure_migrated, wrap_query_error
-from apex_metrics.exceptions import ApexMetricsError, FieldError, MetricValidationError
+from apex_metrics.bulk import load
+from apex_metrics.db import connect, database_url, describe, ensure_migrated, wrap_query_error
+from apex_metrics.exceptions import (
+    ApexMetricsError,
+    FieldError,
+    MetricValidationError,
+    first_line,
+)
 from apex_metrics.metric import BY_NAME, COLUMNS, RowParser, copy_text, parse_metric
 
 Format = Literal["csv", "jsonl"]
@@ -195,7 +198,7 @@ def json_problem(exc: ValueError | RecursionError) -> str:
         return "nested too deeply"
     if "digits" in str(exc):  # int() refuses more than sys.get_int_max_str_digits() digits
         return "a number has too many digits"
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return first_line(exc)[:200]
 
 
 def parse_row(line: int, raw: dict[str, Any]) -> Row:
@@ -334,7 +337,12 @@ async def import_file(
                         yield "".join(batch)
 
                 async with conn.transaction():
-                    inserted, updated = await _load(conn, batches(), stager, skip_invalid)
+                    inserted, updated = await load(
+                        conn,
+                        batches(),
+                        lambda: list(stager.seen),
+                        lambda: _raise_if_invalid(stager, skip_invalid),
+                    )
                     progress.update(task, description="analyzing", rows=report.rows)
                     # Fresh statistics, so the sync engine's claim plans for the new rows.
                     await conn.execute("ANALYZE campaign_metrics")
@@ -356,52 +364,9 @@ async def import_file(
     return report
 
 
-async def _load(
-    conn: psycopg.AsyncConnection[Any],
-    batches: Iterator[str],
-    stager: _Stager,
-    skip_invalid: bool,
-) -> tuple[int, int]:
-    """Stream the batches into campaign_metrics: ``(inserted, updated)``.
-
-    When none of the first batch's run ids is recorded yet, COPY straight into the table (inside
-    a savepoint), keeping a copy of the lines in a local temporary file. If a run turns out to be
-    recorded already (unique violation) or a concurrent writer deadlocks with this one, roll back
-    to the savepoint and upsert instead: the kept lines and the rest of the input go through the
-    staging table and one upsert in run_id order (:mod:`apex_metrics.bulk`).
-    """
-    first = next(batches, "")
-    direct = not await any_run_exists(conn, list(stager.seen))
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as kept:
-        if direct:
-            try:
-                async with conn.transaction():
-                    async with conn.cursor().copy(Q["copy_metrics"]) as copy:
-                        for batch in itertools.chain([first], batches):
-                            kept.write(batch)
-                            await copy.write(batch)
-                        _raise_if_invalid(stager, skip_invalid)
-                    return copy_rowcount(copy), 0
-            except RETRY_ON:
-                kept.seek(0)
-                first = ""
-                batches = iter(lambda: kept.read(1 << 20), "")
-        await prepare_stage(conn)
-        async with conn.cursor().copy(Q["copy_stage"]) as copy:
-            for batch in itertools.chain([first], batches):
-                await copy.write(batch)
-        _raise_if_invalid(stager, skip_invalid)
-        return await upsert_stage(conn)
-
-
 def _raise_if_invalid(stager: _Stager, skip_invalid: bool) -> None:
     if stager.report.errors and not skip_invalid:
         raise MetricValidationError(stager.report.errors)
-
-
-def copy_rowcount(copy: Any) -> int:
-    """Rows a finished COPY loaded (psycopg sets the cursor's rowcount)."""
-    return int(copy.cursor.rowcount)
 
 
 def _tell(handle: IO[bytes]) -> int | None:

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -55,6 +55,7 @@ from apex_metrics.exceptions import (
 )
 from apex_metrics.metric import FIELD_NAMES, Metric, parse_metric
 from apex_metrics.problems import ProblemLog, one_line
+from apex_metrics.run_lines import RunLines
 from apex_metrics.spool import DEFAULT_MAX_BYTES, REJECTED, Spool, default_spool_dir
 from apex_metrics.spool_delivery import flush, is_refusal
 from apex_metrics.tracker import P95, AgentCall, RunTracker, mean_rounded, percentile_cont
@@ -81,6 +82,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+STREAM_ROWS = 2_000  # record_many: lines per COPY write (checked while the last one loads)
 MetricInput = Metric | Mapping[str, Any]
 RunStatus = Literal["recorded", "spooled", "refused", "rejected"]
 log = logging.getLogger("apex_metrics.recorder")
@@ -235,7 +237,11 @@ class Recorder:
     async def _open_pool(self) -> None:
         url = database_url(self._url)
         self._url = url
-        pool_cm = open_pool(url, min_size=1, max_size=self._max, check_connections=False)
+        # Autocommit: record() is one statement (no BEGIN and COMMIT round trips); bulk writes
+        # open their transactions explicitly.
+        pool_cm = open_pool(
+            url, min_size=1, max_size=self._max, check_connections=False, autocommit=True
+        )
         self._pool = await pool_cm.__aenter__()
         self._pool_cm = pool_cm
 
@@ -330,18 +336,18 @@ class Recorder:
             broken = False
             try:
                 async with self.pool.connection(timeout=timeout) as conn:
-                    # One statement: autocommit saves the BEGIN and COMMIT round trips.
-                    await conn.set_autocommit(True)
                     try:
+                        # A new run (the usual case) is a plain insert; a run recorded before
+                        # is upserted (insert_metric says why two statements beat one).
+                        cur = await conn.execute(Q["insert_metric"], params)
+                        row = await cur.fetchone()
+                        if row is not None:
+                            return RecordResult(id=int(row[0]), version=int(row[1]), inserted=True)
                         cur = await conn.execute(Q["upsert_metric"], params)
                         row = await cur.fetchone()
                     except psycopg.OperationalError:
                         broken = conn.broken
                         raise
-                    finally:
-                        if not conn.broken:
-                            with contextlib.suppress(psycopg.Error):
-                                await conn.set_autocommit(False)
                 assert row is not None
                 return RecordResult(id=int(row[0]), version=int(row[1]), inserted=bool(row[2]))
             except psycopg.Error as exc:
@@ -351,22 +357,26 @@ class Recorder:
         raise AssertionError("unreachable")
 
     async def record_many(self, items: Iterable[MetricInput]) -> BulkResult:
-        """Validate every item, then write them all through COPY in one transaction. Unless
-        strict, invalid input is logged (nothing written) and an unreachable database spools."""
-        if self.strict:
-            return await self._write_many(validate_many(items))
+        """Write every item through COPY in one transaction, all or nothing: the items are
+        validated while the COPY streams, and any invalid one rolls it all back. Unless strict,
+        invalid input is logged (nothing written) and an unreachable database spools."""
         items = list(items)
-        try:
-            metrics = validate_many(items)
-        except Exception as exc:
-            self.report_invalid(exc, len(items))
-            return BulkResult(0, 0, rejected=len(items))
-        if not metrics:
+        if self.strict:
+            return await self._load_many(items)
+        if not items:
             return BulkResult(0, 0)
         if self._pool is not None and not self._backlog:
             try:
-                result = await self._write_many(metrics)
+                result = await self._load_many(items)
+            except MetricValidationError as exc:
+                self.report_invalid(exc, len(items))
+                return BulkResult(0, 0, rejected=len(items))
             except Exception as exc:
+                try:
+                    metrics = validate_many(items)
+                except MetricValidationError as invalid:
+                    self.report_invalid(invalid, len(items))
+                    return BulkResult(0, 0, rejected=len(items))
                 if is_refusal(exc):
                     await self._refused_by_database(metrics, exc)
                     return BulkResult(0, 0, rejected=len(metrics))
@@ -375,19 +385,59 @@ class Recorder:
                 self.stats.recorded += result.written
                 self._check_spool()
                 return result
+        try:
+            metrics = validate_many(items)
+        except Exception as exc:
+            self.report_invalid(exc, len(items))
+            return BulkResult(0, 0, rejected=len(items))
         status = await self._spool_runs(metrics)
         spooled = len(metrics) if status == "spooled" else 0
         return BulkResult(0, 0, spooled=spooled, refused=len(metrics) - spooled)
 
-    async def _write_many(self, metrics: list[Metric]) -> BulkResult:
-        if not metrics:
+    async def _load_many(self, items: list[MetricInput]) -> BulkResult:
+        """Validate and COPY in one transaction, the server loading one batch of lines while the
+        next is checked (:func:`bulk.load`). Raises ``MetricValidationError`` listing every
+        invalid item (repeated run ids too), with nothing written."""
+        if not items:
             return BulkResult(0, 0)
+        parser = RunLines()
+        errors: list[FieldError] = []
+        seen: dict[str, int] = {}
+
+        def batches() -> Iterator[str]:
+            batch: list[str] = []
+            for number, item in enumerate(items, start=1):
+                try:
+                    run_id, line = parser.parse(item, number)
+                except MetricValidationError as exc:
+                    errors.extend(exc.errors)
+                    continue
+                first = seen.setdefault(run_id, number)
+                if first != number:
+                    errors.append(
+                        FieldError("run_id", f"repeats the run id of item {first}", number)
+                    )
+                elif not errors:  # after an error nothing is written: only look for more
+                    batch.append(line)
+                    if len(batch) >= STREAM_ROWS:
+                        yield "".join(batch)
+                        batch.clear()
+            if batch and not errors:
+                yield "".join(batch)
+
+        def check() -> None:
+            if errors:
+                raise MetricValidationError(errors)
+
         timeout = None if self.strict else self._acquire_timeout
         try:
-            async with self.pool.connection(timeout=timeout) as conn:
-                return await write_metrics(conn, metrics)
+            async with self.pool.connection(timeout=timeout) as conn, conn.transaction():
+                inserted, updated = await bulk.load(
+                    conn, batches(), lambda: bulk.sample(list(seen)), check
+                )
         except psycopg.Error as exc:
             raise wrap_query_error(exc, describe(self._url or "")) from exc
+        return BulkResult(inserted=inserted, updated=updated)
 
     def track(self, campaign_id: str, run_id: str, **fields: Any) -> RunTracker:
         """A context manager collecting per-agent calls; the run is recorded on exit."""

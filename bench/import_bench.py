@@ -109,13 +109,14 @@ ON CONFLICT (run_id) DO UPDATE SET tokens_in = EXCLUDED.tokens_in
 """
 
 
-def floor_rates(url: str, single: int, bulk: int) -> tuple[float, float]:
-    """Bare single-row upserts and a raw COPY of ``bulk`` rows into the floor table."""
-    execute(url, "TRUNCATE bench_named")
+def floor_rates(url: str, single: int, bulk: int, tag: str) -> tuple[float, float]:
+    """Bare single-row upserts and a raw COPY of ``bulk`` rows into the floor table (which
+    holds the file's rows, as campaign_metrics does when record() and record_many run: both
+    sides write into tables, and indexes, of the same size)."""
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
         for n in range(single):
-            conn.execute(FLOOR_UPSERT, ("bench", f"one-{n}", n))
+            conn.execute(FLOOR_UPSERT, ("bench", f"one-{tag}{n}", n))
         one = single / (time.perf_counter() - started)
         started = time.perf_counter()
         now = datetime.now(UTC)
@@ -125,19 +126,20 @@ def floor_rates(url: str, single: int, bulk: int) -> tuple[float, float]:
             conn.cursor().copy(f"COPY bench_named ({COLUMNS}) FROM STDIN") as copy,
         ):
             for n in range(bulk):
-                copy.write_row(("bench", f"many-{n}", *nulls[:4], n, *nulls, None, now))
+                copy.write_row(("bench", f"many-{tag}{n}", *nulls[:4], n, *nulls, None, now))
         many = bulk / (time.perf_counter() - started)
     return one, many
 
 
-async def record_rates(url: str, single: int, bulk: int) -> tuple[float, float]:
+async def record_rates(url: str, single: int, bulk: int, tag: str) -> tuple[float, float]:
     async with Recorder(url, max_connections=1) as rec:
         started = time.perf_counter()
         for n in range(single):
-            await rec.record({"campaign_id": "bench", "run_id": f"one-{n}", "tokens_in": n})
+            await rec.record({"campaign_id": "bench", "run_id": f"one-{tag}{n}", "tokens_in": n})
         one = single / (time.perf_counter() - started)
         rows = [
-            {"campaign_id": "bench", "run_id": f"many-{n}", "tokens_in": n} for n in range(bulk)
+            {"campaign_id": "bench", "run_id": f"many-{tag}{n}", "tokens_in": n}
+            for n in range(bulk)
         ]
         started = time.perf_counter()
         await rec.record_many(rows)
@@ -193,8 +195,17 @@ def main() -> int:
                 check=True, stdout=subprocess.DEVNULL, timeout=3600,
             )  # fmt: skip
             reimported = time.perf_counter() - started
-        floor_one, floor_many = floor_rates(url, args.single, args.bulk)
-        one, many = asyncio.run(record_rates(url, args.single, args.bulk))
+        # Two rounds, floor and ours in turn; the best of each (a checkpoint or another
+        # process's burst then hurts neither side alone).
+        rounds = [
+            (floor_rates(url, args.single, args.bulk, tag),
+             asyncio.run(record_rates(url, args.single, args.bulk, tag)))
+            for tag in ("a", "b")
+        ]  # fmt: skip
+        floor_one = max(f[0] for f, _ in rounds)
+        floor_many = max(f[1] for f, _ in rounds)
+        one = max(r[0] for _, r in rounds)
+        many = max(r[1] for _, r in rounds)
     finally:
         execute(args.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

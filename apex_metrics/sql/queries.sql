@@ -55,6 +55,21 @@ ON CONFLICT (run_id) DO UPDATE SET
     version = campaign_metrics.version + 1
 RETURNING id, version, (xmax = 0) AS inserted;
 
+-- name: insert_metric
+-- record(): insert a new run; no row back when its run_id is recorded already (the recorder
+-- then runs upsert_metric). Only the insert triggers fire: an INSERT … ON CONFLICT DO UPDATE
+-- fires the update triggers too, for every statement, even when it updates nothing.
+INSERT INTO campaign_metrics (
+    campaign_id, run_id, phase, agents_total, agents_successful, assets_generated, tokens_in,
+    tokens_out, cost_usd, latency_p95_ms, latency_avg_ms, success_rate, created_at
+) VALUES (
+    %(campaign_id)s, %(run_id)s, %(phase)s, %(agents_total)s, %(agents_successful)s,
+    %(assets_generated)s, %(tokens_in)s, %(tokens_out)s, %(cost_usd)s, %(latency_p95_ms)s,
+    %(latency_avg_ms)s, %(success_rate)s, %(created_at)s
+)
+ON CONFLICT (run_id) DO NOTHING
+RETURNING id, version;
+
 -- name: create_stage
 -- A session-local staging table with the 13 data columns and their exact types.
 CREATE TEMP TABLE IF NOT EXISTS apex_metrics_stage ON COMMIT DELETE ROWS AS

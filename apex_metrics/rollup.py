@@ -36,7 +36,7 @@ from apex_metrics.sql import load_queries
 
 log = logging.getLogger(__name__)
 Q: Final = load_queries("panel.sql")
-BATCH_HOURS: Final = 168  # a week of hours per transaction
+BATCH_HOURS: Final = 24  # a day of hours per transaction (a delta per campaign is large)
 INTERVAL: Final = 0.25  # seconds between looks at the log when it is empty
 OPEN_HOUR_EVERY: Final = 5.0  # seconds between folds of the open hour
 

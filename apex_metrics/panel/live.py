@@ -2,11 +2,11 @@
 
 The watcher polls the source's cheap watermark (PostgreSQL: the log of hours the rollup
 refresher has not folded yet, which every panel-visible write appends to, woken early by
-``LISTEN apex_metrics_pending``; Dataverse: the newest ``modifiedon``) about every ``interval``
-seconds. On a change it publishes one small ``change`` event; each open
-page then re-reads the API with its own filters (Phoenix's watermark pattern, pushed instead of
-polled by the browser). The broadcaster keeps one bounded queue per subscriber and drops the
-oldest event when a slow client falls behind.
+``LISTEN apex_metrics_pending`` when writers ring, i.e. while a sync engine sleeps; Dataverse:
+the newest ``modifiedon``) about every ``interval`` seconds. On a change it publishes one small
+``change`` event; each open page then re-reads the API with its own filters (Phoenix's
+watermark pattern, pushed instead of polled by the browser). The broadcaster keeps one bounded
+queue per subscriber and drops the oldest event when a slow client falls behind.
 """
 
 from __future__ import annotations

@@ -114,24 +114,19 @@ class PostgresSource:
             return await cur.fetchall()
 
     async def totals(self, filters: Filters, window: Window) -> Totals:
-        # The latency histograms have no campaign: such p95s read raw rows.
-        filtered = filters.campaign is not None
+        args = self._args(filters, window)
         sums, p95 = await asyncio.gather(
-            self._fetch("totals", self._args(filters, window)),
-            self._fetch("latency_p95", self._args(filters, window, raw=filtered)),
+            self._fetch("totals", args), self._fetch("latency_p95", args)
         )
         return Totals.from_row(sums[0], p95[0][0])
 
     async def series(self, filters: Filters, width: int) -> Series:
         window = filters.window
-        filtered = filters.campaign is not None
         rollup = width % 3600 == 0
         days = width % 86400 == 0
-        sums_args = self._args(filters, window, raw=not rollup, days=days)
-        p95_args = self._args(filters, window, raw=filtered or not rollup, days=days)
+        args = {**self._args(filters, window, raw=not rollup, days=days), "width": width}
         sums, p95s = await asyncio.gather(
-            self._fetch("series_totals", {**sums_args, "width": width}),
-            self._fetch("series_p95", {**p95_args, "width": width}),
+            self._fetch("series_totals", args), self._fetch("series_p95", args)
         )
         p95_by_bucket = {row[0]: row[1] for row in p95s}
         return [(row[0], Totals.from_row(row[1:], p95_by_bucket.get(row[0]))) for row in sums]
@@ -139,18 +134,16 @@ class PostgresSource:
     async def campaigns(self, filters: Filters, limit: int) -> list[tuple[str, Totals]]:
         args = {**self._args(filters, filters.window), "limit": limit}
         rows = await self._fetch("campaigns", args)
-        # p95 of run p95s per campaign: the latency histograms have no campaign, so each reads
-        # its campaign's raw rows (the same rule as a campaign-filtered tile).
+        # p95 of run p95s per campaign, from the campaign histogram (as a campaign-filtered tile).
         p95s = await asyncio.gather(
             *(
                 self._fetch(
                     "latency_p95",
-                    self._args(dataclasses.replace(filters, campaign=row[0]), filters.window,
-                               raw=True),
+                    self._args(dataclasses.replace(filters, campaign=row[0]), filters.window),
                 )
                 for row in rows
             )
-        )  # fmt: skip
+        )
         pairs = zip(rows, p95s, strict=True)
         return [(row[0], Totals.from_row(row[1:], p95[0][0])) for row, p95 in pairs]
 

@@ -7,7 +7,7 @@
 -- apex_metrics_rollup_stale) from raw rows too, all in one snapshot: the figures equal SQL over
 -- campaign_metrics at every moment. kpis.Window.tiers computes the bounds; d1 = d2 = h2 skips
 -- the daily tier; h1 = h2 = d1 = d2 = end reads raw rows only (short windows, the benchmark's
--- raw mode, or a campaign filter on a p95, which the latency histograms cannot serve).
+-- raw mode). A campaign filter on a p95 reads the campaign histogram (0012).
 -- campaign and phase are optional filters (NULL = all).
 
 -- name: totals

@@ -271,13 +271,8 @@ SELECT count(*) FILTER (WHERE NOT dead AND NOT leased) AS pending,
 FROM undelivered;
 
 -- ============================================================================================
--- panel (0003_*, 0009_*)
+-- panel (0003_*, 0009_*, 0012_*)
 -- ============================================================================================
-
--- (0003_panel_rollup) Campaign-filtered p95s read raw rows: covering, so that they are
--- index-only scans.
-CREATE INDEX IF NOT EXISTS apex_metrics_panel_campaign_created
-    ON campaign_metrics (campaign_id, created_at) INCLUDE (phase, latency_p95_ms);
 
 -- The bucket of a latency: v itself below 64, else 64 + 32 per power of two + 5 mantissa bits.
 -- e = floor(log2(v)) = 32 - position of the first 1 bit. One expression, not STRICT: the planner
@@ -326,6 +321,22 @@ CREATE TABLE apex_metrics_rollup_hist (
     CONSTRAINT apex_metrics_rollup_hist_key UNIQUE NULLS NOT DISTINCT (grain, t, phase, bucket)
 );
 
+-- (0012_campaign_latency_rollup) The same per campaign: campaign-filtered p95s read it.
+CREATE TABLE apex_metrics_rollup_campaign_hist (
+    grain interval NOT NULL,
+    t timestamptz NOT NULL,
+    campaign_id varchar(64) NOT NULL,
+    phase varchar(16),
+    bucket smallint NOT NULL,  -- apex_metrics_latency_bucket(latency_p95_ms)
+    runs bigint NOT NULL,
+    CONSTRAINT apex_metrics_rollup_campaign_hist_key
+        UNIQUE NULLS NOT DISTINCT (grain, t, campaign_id, phase, bucket)
+);
+
+-- A campaign's histogram over a window (the refresher's key above reads by hour).
+CREATE INDEX apex_metrics_rollup_campaign_hist_campaign
+    ON apex_metrics_rollup_campaign_hist (campaign_id, grain, t);
+
 CREATE TABLE apex_metrics_rollup_stale (
     id bigint GENERATED ALWAYS AS IDENTITY,  -- the panel's change watermark reads it
     hour timestamptz NOT NULL
@@ -353,6 +364,15 @@ CREATE TYPE apex_metrics_rollup_delta AS (
 -- Signed runs of one hour, phase and latency bucket.
 CREATE TYPE apex_metrics_rollup_hist_delta AS (
     t timestamptz,
+    phase varchar(16),
+    bucket smallint,
+    runs bigint
+);
+
+-- Signed runs of one hour, campaign, phase and latency bucket.
+CREATE TYPE apex_metrics_rollup_campaign_hist_delta AS (
+    t timestamptz,
+    campaign_id varchar(64),
     phase varchar(16),
     bucket smallint,
     runs bigint
@@ -392,7 +412,8 @@ $fn$;
 CREATE FUNCTION apex_metrics_rollup_truncated() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    TRUNCATE apex_metrics_rollup, apex_metrics_rollup_hist, apex_metrics_rollup_stale;
+    TRUNCATE apex_metrics_rollup, apex_metrics_rollup_hist, apex_metrics_rollup_campaign_hist,
+        apex_metrics_rollup_stale;
     RETURN NULL;
 END
 $fn$;
@@ -416,12 +437,13 @@ CREATE TRIGGER apex_metrics_rollup_truncated
     AFTER TRUNCATE ON campaign_metrics
     FOR EACH STATEMENT EXECUTE FUNCTION apex_metrics_rollup_truncated();
 
--- The one delta function: add signed hourly deltas to the rollup and histogram at one grain
+-- The one delta function: add signed hourly deltas to the rollup and histograms at one grain
 -- ('1 hour' or '1 day'), then drop the rows they emptied.
 CREATE FUNCTION apex_metrics_rollup_apply(
     p_grain interval,
     p_sums apex_metrics_rollup_delta[],
-    p_hist apex_metrics_rollup_hist_delta[]
+    p_hist apex_metrics_rollup_hist_delta[],
+    p_campaign_hist apex_metrics_rollup_campaign_hist_delta[]
 ) RETURNS void
 LANGUAGE sql AS $fn$
     INSERT INTO apex_metrics_rollup AS r (
@@ -455,6 +477,15 @@ LANGUAGE sql AS $fn$
     ORDER BY 2, 3, 4
     ON CONFLICT ON CONSTRAINT apex_metrics_rollup_hist_key DO UPDATE SET runs = h.runs + excluded.runs;
 
+    INSERT INTO apex_metrics_rollup_campaign_hist AS h (grain, t, campaign_id, phase, bucket, runs)
+    SELECT p_grain, date_bin(p_grain, d.t, timestamptz '2000-01-01 00:00:00+00'), d.campaign_id,
+           d.phase, d.bucket, sum(d.runs)
+    FROM unnest(p_campaign_hist) AS d
+    GROUP BY 2, 3, 4, 5
+    ORDER BY 2, 3, 4, 5
+    ON CONFLICT ON CONSTRAINT apex_metrics_rollup_campaign_hist_key
+    DO UPDATE SET runs = h.runs + excluded.runs;
+
     DELETE FROM apex_metrics_rollup
     WHERE grain = p_grain AND runs = 0
       AND t IN (SELECT date_bin(p_grain, d.t, timestamptz '2000-01-01 00:00:00+00')
@@ -464,6 +495,11 @@ LANGUAGE sql AS $fn$
     WHERE grain = p_grain AND runs = 0
       AND t IN (SELECT date_bin(p_grain, d.t, timestamptz '2000-01-01 00:00:00+00')
                 FROM unnest(p_hist) AS d);
+
+    DELETE FROM apex_metrics_rollup_campaign_hist
+    WHERE grain = p_grain AND runs = 0
+      AND t IN (SELECT date_bin(p_grain, d.t, timestamptz '2000-01-01 00:00:00+00')
+                FROM unnest(p_campaign_hist) AS d);
 $fn$;
 
 -- The refresher: fold up to p_max_hours stale hours before p_before into the rollups, in the
@@ -473,7 +509,7 @@ $fn$;
 -- planned from estimates that are far off (hour ranges of an array), so it sets enough memory
 -- to hash them and no parallel workers.
 CREATE FUNCTION apex_metrics_rollup_refresh(
-    p_max_hours integer DEFAULT 168, p_before timestamptz DEFAULT 'infinity'
+    p_max_hours integer DEFAULT 24, p_before timestamptz DEFAULT 'infinity'
 ) RETURNS integer
 LANGUAGE plpgsql
 SET jit = off SET work_mem = '64MB' SET max_parallel_workers_per_gather = 0 AS $fn$
@@ -481,6 +517,7 @@ DECLARE
     v_hours timestamptz[];
     v_sums apex_metrics_rollup_delta[];
     v_hist apex_metrics_rollup_hist_delta[];
+    v_campaign_hist apex_metrics_rollup_campaign_hist_delta[];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(7020383461643545708) THEN
         RETURN -1;
@@ -554,11 +591,33 @@ BEGIN
         HAVING sum(runs) <> 0
     ) AS delta;
 
-    IF v_sums IS NOT NULL OR v_hist IS NOT NULL THEN
+    SELECT array_agg(ROW(t, campaign_id, phase, bucket, runs)
+                     ::apex_metrics_rollup_campaign_hist_delta)
+    INTO v_campaign_hist
+    FROM (
+        SELECT t, campaign_id, phase, bucket, sum(runs) AS runs
+        FROM (
+            SELECT date_bin('1 hour', c.created_at, timestamptz '2000-01-01 00:00:00+00') AS t,
+                   c.campaign_id, c.phase, apex_metrics_latency_bucket(c.latency_p95_ms) AS bucket,
+                   1::bigint AS runs
+            FROM unnest(v_hours) AS h(hour)
+            JOIN campaign_metrics AS c
+              ON c.created_at >= h.hour AND c.created_at < h.hour + interval '1 hour'
+            WHERE c.latency_p95_ms IS NOT NULL
+            UNION ALL
+            SELECT t, campaign_id, phase, bucket, -runs
+            FROM apex_metrics_rollup_campaign_hist
+            WHERE grain = interval '1 hour' AND t = ANY (v_hours)
+        ) AS both_sides
+        GROUP BY t, campaign_id, phase, bucket
+        HAVING sum(runs) <> 0
+    ) AS delta;
+
+    IF v_sums IS NOT NULL OR v_hist IS NOT NULL OR v_campaign_hist IS NOT NULL THEN
         PERFORM apex_metrics_rollup_apply(interval '1 hour', coalesce(v_sums, '{}'),
-                                          coalesce(v_hist, '{}'));
+                                          coalesce(v_hist, '{}'), coalesce(v_campaign_hist, '{}'));
         PERFORM apex_metrics_rollup_apply(interval '1 day', coalesce(v_sums, '{}'),
-                                          coalesce(v_hist, '{}'));
+                                          coalesce(v_hist, '{}'), coalesce(v_campaign_hist, '{}'));
     END IF;
     RETURN cardinality(v_hours);
 END
@@ -630,8 +689,8 @@ LANGUAGE sql STABLE AS $fn$
       AND (p_phase IS NULL OR c.phase = p_phase)
 $fn$;
 
--- The same tiers for the latency histogram: (t, bucket, runs). The histograms have no
--- campaign: with a campaign filter the caller passes raw-only bounds.
+-- The same tiers for the latency histogram: (t, bucket, runs). With a campaign, the rollup
+-- tiers read the campaign histogram (0012_campaign_latency_rollup).
 CREATE FUNCTION apex_metrics_panel_hist(
     p_start timestamptz, p_end timestamptz, p_h1 timestamptz, p_h2 timestamptz,
     p_d1 timestamptz, p_d2 timestamptz, p_campaign text, p_phase text
@@ -647,6 +706,15 @@ LANGUAGE sql STABLE AS $fn$
       AND NOT EXISTS (SELECT 1 FROM stale AS s
                       WHERE s.hour >= r.t AND s.hour < r.t + interval '1 day')
       AND (p_phase IS NULL OR r.phase = p_phase)
+      AND p_campaign IS NULL
+    UNION ALL
+    SELECT r.t, r.bucket, r.runs
+    FROM apex_metrics_rollup_campaign_hist AS r
+    WHERE r.grain = interval '1 day' AND r.t >= p_d1 AND r.t < p_d2
+      AND NOT EXISTS (SELECT 1 FROM stale AS s
+                      WHERE s.hour >= r.t AND s.hour < r.t + interval '1 day')
+      AND (p_phase IS NULL OR r.phase = p_phase)
+      AND r.campaign_id = p_campaign
     UNION ALL
     SELECT r.t, r.bucket, r.runs
     FROM apex_metrics_rollup_hist AS r
@@ -654,6 +722,15 @@ LANGUAGE sql STABLE AS $fn$
       AND ((r.t >= p_h1 AND r.t < p_d1) OR (r.t >= p_d2 AND r.t < p_h2))
       AND NOT EXISTS (SELECT 1 FROM stale AS s WHERE s.hour = r.t)
       AND (p_phase IS NULL OR r.phase = p_phase)
+      AND p_campaign IS NULL
+    UNION ALL
+    SELECT r.t, r.bucket, r.runs
+    FROM apex_metrics_rollup_campaign_hist AS r
+    WHERE r.grain = interval '1 hour'
+      AND ((r.t >= p_h1 AND r.t < p_d1) OR (r.t >= p_d2 AND r.t < p_h2))
+      AND NOT EXISTS (SELECT 1 FROM stale AS s WHERE s.hour = r.t)
+      AND (p_phase IS NULL OR r.phase = p_phase)
+      AND r.campaign_id = p_campaign
     UNION ALL
     SELECT r.t, r.bucket, r.runs
     FROM (SELECT DISTINCT date_bin('1 day', hour, timestamptz '2000-01-01 00:00:00+00') AS day
@@ -663,6 +740,17 @@ LANGUAGE sql STABLE AS $fn$
      AND r.t < stale_day.day + interval '1 day'
     WHERE NOT EXISTS (SELECT 1 FROM stale AS s WHERE s.hour = r.t)
       AND (p_phase IS NULL OR r.phase = p_phase)
+      AND p_campaign IS NULL
+    UNION ALL
+    SELECT r.t, r.bucket, r.runs
+    FROM (SELECT DISTINCT date_bin('1 day', hour, timestamptz '2000-01-01 00:00:00+00') AS day
+          FROM stale WHERE hour >= p_d1 AND hour < p_d2) AS stale_day
+    JOIN apex_metrics_rollup_campaign_hist AS r
+      ON r.grain = interval '1 hour' AND r.t >= stale_day.day
+     AND r.t < stale_day.day + interval '1 day'
+    WHERE NOT EXISTS (SELECT 1 FROM stale AS s WHERE s.hour = r.t)
+      AND (p_phase IS NULL OR r.phase = p_phase)
+      AND r.campaign_id = p_campaign
     UNION ALL
     SELECT c.created_at, apex_metrics_latency_bucket(c.latency_p95_ms), 1
     FROM campaign_metrics AS c

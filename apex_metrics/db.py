@@ -8,20 +8,27 @@ of :mod:`apex_metrics.exceptions` (the psycopg error stays as ``__cause__``)::
     DatabaseAuthFailed    wrong user or password, or no pg_hba.conf entry for this client
     DatabaseMissing       the database named in the URL does not exist
     SchemaNotMigrated     ``apex-metrics db migrate`` has not been run (or not since an upgrade)
+    DriverError           any other psycopg error (a failed statement, a pool timeout), passed on
+                          as ours by :func:`driver_errors` or a pool opened with ``wrap_errors``
+
+Code above this module (ops, the panel, collect) never names psycopg's exception classes: it
+catches these (``tests/foundation/test_error_boundaries.py`` checks). Modules that run their own
+statements handle psycopg's errors at their own boundary: the sync engine's worker and listener
+retry them; the recorder, importer, rollup and spool delivery raise :func:`wrap_query_error`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 import psycopg
-from psycopg import AsyncConnection, conninfo
+from psycopg import AsyncConnection, conninfo, sql
 from psycopg.errors import Diagnostic, UndefinedColumn, UndefinedFunction, UndefinedTable
 from psycopg_pool import AsyncConnectionPool
 
@@ -43,6 +50,33 @@ Q = load_queries("queries.sql")
 
 class DatabaseRefused(DatabaseUnreachable):
     """PostgreSQL's address answered, then the connection was dropped or reset."""
+
+
+class DriverError(DatabaseError):
+    """PostgreSQL failed."""
+
+
+@contextmanager
+def driver_errors() -> Iterator[None]:
+    """Raise any psycopg error leaving the block as a :class:`DriverError` whose message is the
+    driver's first line (the psycopg error stays as ``__cause__``): for code above this module
+    that runs statements on connections it got from here (``verify``'s gates, collect's writer)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DriverError(first_line(exc)) from exc
+
+
+class WrappingPool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """A pool whose ``connection()`` blocks raise :class:`DriverError` instead of psycopg's
+    errors (a pool timeout, or a statement failing in the block): ``open_pool(wrap_errors=True)``,
+    for callers that hand the pool to code they do not wrap themselves (the panel's sources)."""
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection[Any]]:
+        with driver_errors():
+            async with super().connection(timeout) as conn:
+                yield conn
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,12 +216,17 @@ def wrap_query_error(exc: psycopg.Error, where: str) -> DatabaseError:
     return DatabaseError(f"PostgreSQL at {where} refused the statement: {first}")
 
 
-async def connect(url: str | None = None, *, autocommit: bool = False) -> AsyncConnection[Any]:
-    """Open one connection (autocommit off unless asked); failures raise a ``DatabaseError``."""
+async def connect(
+    url: str | None = None, *, autocommit: bool = False, connect_timeout: int | None = None
+) -> AsyncConnection[Any]:
+    """Open one connection (autocommit off unless asked); failures raise a ``DatabaseError``.
+    ``connect_timeout`` overrides the URL's (default: ``DEFAULT_CONNECT_TIMEOUT``)."""
     url = database_url(url)
     kwargs: dict[str, Any] = {"autocommit": autocommit}
     try:
-        if "connect_timeout" not in conninfo.conninfo_to_dict(url):
+        if connect_timeout is not None:
+            kwargs["connect_timeout"] = connect_timeout
+        elif "connect_timeout" not in conninfo.conninfo_to_dict(url):
             kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
         return await AsyncConnection.connect(url, **kwargs)
     except psycopg.Error as exc:
@@ -203,6 +242,7 @@ async def open_pool(
     check_schema: bool = True,
     check_connections: bool = True,
     autocommit: bool = False,
+    wrap_errors: bool = False,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
     """An open pool for the block's duration. One trial connection first, so that a bad URL or a
     missing schema fails with one clear line instead of a pool timeout.
@@ -210,7 +250,8 @@ async def open_pool(
     ``check_connections`` pings each connection as it leaves the pool (one extra round trip);
     callers that retry on a broken connection themselves (the recorder) turn it off.
     ``autocommit`` connections run each statement in its own transaction unless the caller opens
-    one (``conn.transaction()``)."""
+    one (``conn.transaction()``). ``wrap_errors`` gives a :class:`WrappingPool`: psycopg errors
+    leaving its ``connection()`` blocks are raised as :class:`DriverError`."""
     url = database_url(url)
     async with await connect(url) as conn:
         if check_schema:
@@ -218,7 +259,8 @@ async def open_pool(
     kwargs: dict[str, Any] = {"autocommit": True} if autocommit else {}
     if "connect_timeout" not in conninfo.conninfo_to_dict(url):
         kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
-    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+    pool_class = WrappingPool if wrap_errors else AsyncConnectionPool
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = pool_class(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -235,6 +277,20 @@ async def open_pool(
         yield pool
     finally:
         await pool.close()
+
+
+async def create_database(admin_url: str, name: str, *, connect_timeout: int | None = None) -> str:
+    """Create the database ``name`` on ``admin_url``'s server unless it exists; return its URL
+    (``admin_url`` with the database name replaced). Connecting fails as :func:`connect` does;
+    a failed statement raises :func:`wrap_query_error`'s error."""
+    async with await connect(admin_url, autocommit=True, connect_timeout=connect_timeout) as conn:
+        try:
+            cur = await conn.execute(Q["database_exists"], {"name": name})
+            if await cur.fetchone() is None:
+                await conn.execute(sql.SQL(Q["create_database"]).format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise wrap_query_error(exc, describe(admin_url)) from exc
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ import asyncio
 import logging
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from apex_metrics.collect.metrics import CollectMetrics
 from apex_metrics.collect.runs import TraceRun
 from apex_metrics.collect.store import TraceStore
+from apex_metrics.db import driver_errors
 from apex_metrics.exceptions import ApexMetricsError, MetricValidationError, first_line
 from apex_metrics.metric import Metric
 from apex_metrics.recorder import write_metrics
@@ -90,9 +90,10 @@ class RunWriter:
         if not batch:
             return True
         try:
-            async with self.pool.connection() as conn:
-                await write_metrics(conn, [m for _, _, m in batch.values()])
-        except (psycopg.Error, ApexMetricsError, OSError) as exc:
+            with driver_errors():  # a pool timeout, or the write failing in PostgreSQL
+                async with self.pool.connection() as conn:
+                    await write_metrics(conn, [m for _, _, m in batch.values()])
+        except (ApexMetricsError, OSError) as exc:
             self.last_error = first_line(exc)
             log.warning("writing %d runs failed, will retry: %s", len(batch), self.last_error)
             self.metrics.write_failures.inc()

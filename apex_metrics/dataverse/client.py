@@ -160,7 +160,7 @@ class DataverseClient:
                     method, url, params=params, content=content, headers=headers,
                     timeout=self.timeout,
                 )  # fmt: skip
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:  # transport errors, and an undecodable body
                 raise error_from_transport(exc, what=what) from exc
             self._observe(response)
             log.debug(

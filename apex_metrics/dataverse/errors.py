@@ -329,8 +329,11 @@ def error_from_token_answer(
 
 
 def error_from_transport(exc: Exception, *, what: str) -> DataverseError:
-    """The error for an httpx exception (timeouts, refused or dropped connections, TLS)."""
+    """The error for an httpx exception (timeouts, refused or dropped connections, TLS, an
+    answer whose body cannot be decoded)."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.DecodingError):  # the answer arrived, damaged (e.g. bad gzip)
+        return TransientError(f"{what}: the answer cannot be decoded ({text})")
     if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in text:
         return InsecureTransport(
             f"{what}: TLS certificate verification failed ({text})",

@@ -32,13 +32,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import uvicorn
-from psycopg import sql
 
 from apex_metrics import db
 from apex_metrics.aio import wait_event
-from apex_metrics.exceptions import ApexMetricsError
+from apex_metrics.exceptions import (
+    ApexMetricsError,
+    DatabaseAuthFailed,
+    DatabaseMissing,
+    DatabaseUnreachable,
+)
 from apex_metrics.ops.embedded_pg import EmbeddedPostgres
 from apex_metrics.ops.serving import free_port
 from apex_metrics.settings import Settings
@@ -83,14 +86,14 @@ Say = Callable[[str], None]
 # PostgreSQL
 
 
-def _local_server_url() -> str | None:
+async def _local_server_url() -> str | None:
     """A URL for the demo database on 127.0.0.1:5432, creating it; None if none answers."""
     for role in LOCAL_CANDIDATES:
         try:
-            return _create_demo_database(
-                f"postgresql://{role}@127.0.0.1:5432/postgres", connect_timeout=3
+            return await db.create_database(
+                f"postgresql://{role}@127.0.0.1:5432/postgres", DEMO_DATABASE, connect_timeout=3
             )
-        except psycopg.OperationalError:
+        except (DatabaseUnreachable, DatabaseAuthFailed, DatabaseMissing):
             continue
     return None
 
@@ -103,7 +106,7 @@ async def _postgres(
         say(f"PostgreSQL: {db.describe(settings.database_url)} (APEX_DATABASE_URL)")
         return settings.database_url
     if not options.embedded_postgres:
-        url = await asyncio.to_thread(_local_server_url)
+        url = await _local_server_url()
         if url is not None:
             say(f"PostgreSQL: {db.describe(url)} (local server)")
             return url
@@ -113,19 +116,9 @@ async def _postgres(
     )
     await asyncio.to_thread(embedded.start)
     stack.callback(embedded.stop)
-    url = await asyncio.to_thread(_create_demo_database, embedded.url)
+    url = await db.create_database(embedded.url, DEMO_DATABASE)
     say(f"PostgreSQL: embedded server {db.describe(url)} (data in {embedded.pgdata})")
     return url
-
-
-def _create_demo_database(admin_url: str, *, connect_timeout: int = 10) -> str:
-    """Create the demo database on ``admin_url``'s server if missing; return its URL."""
-    with psycopg.connect(admin_url, connect_timeout=connect_timeout, autocommit=True) as conn:
-        if not conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
-        ).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
-    return admin_url.rsplit("/", 1)[0] + "/" + DEMO_DATABASE
 
 
 # ------------------------------------------------------------------------------------------------

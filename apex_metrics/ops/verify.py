@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from psycopg.rows import dict_row
 
 from apex_metrics import db, metric
-from apex_metrics.exceptions import ApexMetricsError, first_line
+from apex_metrics.exceptions import ApexMetricsError
 from apex_metrics.settings import Settings, env_name
 from apex_metrics.sync.status import Health, read_health
 
@@ -103,18 +102,17 @@ async def run_verify(settings: Settings, options: VerifyOptions) -> list[Gate]:
     try:
         for number, (name, check) in enumerate(checks, start=1):
             try:
-                figure = await asyncio.wait_for(check(), timeout=options.timeout)
+                with db.driver_errors():  # the gates' own statements
+                    figure = await asyncio.wait_for(check(), timeout=options.timeout)
                 gates.append(Gate(number, name, True, figure))
             except _Failed as failed:
                 gates.append(Gate(number, name, False, failed.figure, failed.hint))
+            except db.DriverError as exc:
+                gates.append(Gate(number, name, False, f"PostgreSQL: {exc.message}"))
             except ApexMetricsError as exc:
                 gates.append(Gate(number, name, False, exc.message, exc.hint))
             except TimeoutError:
                 gates.append(Gate(number, name, False, f"no answer in {options.timeout:g} s"))
-            except psycopg.Error as exc:
-                gates.append(Gate(number, name, False, f"PostgreSQL: {first_line(exc)}"))
-            except httpx.HTTPError as exc:
-                gates.append(Gate(number, name, False, f"HTTP: {type(exc).__name__}: {exc}"))
     finally:
         await ctx.close()
     return gates

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +26,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from apex_metrics import __version__
 from apex_metrics.aio import cancel_and_wait
+from apex_metrics.db import DriverError
 from apex_metrics.exceptions import ApexMetricsError, ConfigError
 from apex_metrics.panel import assets
 from apex_metrics.panel.api import PanelState, router
@@ -111,8 +111,11 @@ async def open_source(
     pool = None
     if config.database_url:
         try:
+            # wrap_errors: a statement failing in a source raises DriverError (database_error)
             pool = await stack.enter_async_context(
-                open_pool(panel_conninfo(config.database_url), min_size=1, max_size=8)
+                open_pool(
+                    panel_conninfo(config.database_url), min_size=1, max_size=8, wrap_errors=True
+                )
             )
         except ApexMetricsError:
             if config.source == "postgres":
@@ -208,9 +211,9 @@ def create_app(
     async def our_error(request: Request, exc: ApexMetricsError) -> JSONResponse:
         return JSONResponse({"error": exc.one_line()}, status_code=503)
 
-    @app.exception_handler(psycopg.Error)
-    async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
-        log.warning("panel: database error: %s", exc)
+    @app.exception_handler(DriverError)
+    async def database_error(request: Request, exc: DriverError) -> JSONResponse:
+        log.warning("panel: database error: %s", exc.__cause__ or exc)
         return JSONResponse({"error": "the database is unavailable; retrying"}, status_code=503)
 
     app.add_middleware(SecurityMiddleware, token=config.token, docs_csp=docs_csp())

@@ -24,6 +24,14 @@ SELECT pg_advisory_lock(7020383460346374514);
 -- name: migrate_unlock
 SELECT pg_advisory_unlock(7020383460346374514);
 
+-- name: database_exists
+-- Whether a database of that name exists (the demo creates its own).
+SELECT 1 FROM pg_database WHERE datname = %(name)s;
+
+-- name: create_database
+-- The braces take the database name, quoted by psycopg.sql.Identifier.
+CREATE DATABASE {};
+
 -- name: schema_version
 -- The highest applied migration; fails with undefined_table on a database never migrated.
 SELECT coalesce(max(version), 0) FROM apex_metrics_migrations;

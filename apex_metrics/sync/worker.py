@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import httpx
 import psycopg
 import psycopg_pool
 
@@ -226,7 +225,7 @@ class Worker:
             if not exc.transient:
                 return _Sent(fatal=exc)
             return _Sent(transient=(exc.code or str(exc.status or ""), str(exc)))
-        except (TimeoutError, httpx.HTTPError) as exc:
+        except TimeoutError as exc:  # send_timeout (the client raises httpx failures as ours)
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return _Sent(transient=("", text))
         return _Sent(outcomes=outcomes)

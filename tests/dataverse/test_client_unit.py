@@ -171,6 +171,15 @@ async def test_post_create_is_never_retried_blind(mock_client: MakeClient) -> No
     assert calls == 1
 
 
+async def test_an_undecodable_answer_is_a_transient_error(mock_client: MakeClient) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204, content=b"not gzip", headers={"Content-Encoding": "gzip"})
+
+    with pytest.raises(e.TransientError, match="cannot be decoded") as caught:
+        await mock_client(handler).create("s", {"v": 1})
+    assert isinstance(caught.value.__cause__, httpx.DecodingError)
+
+
 async def test_post_is_retried_when_it_provably_never_left(mock_client: MakeClient) -> None:
     calls = 0
 

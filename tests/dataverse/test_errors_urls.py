@@ -110,6 +110,7 @@ def test_token_answers_map_to_auth_errors(
 def test_transport_errors_are_transient_except_tls() -> None:
     assert e.error_from_transport(httpx.ReadTimeout("slow"), what="x").transient
     assert e.error_from_transport(httpx.RemoteProtocolError("dropped"), what="x").transient
+    assert e.error_from_transport(httpx.DecodingError("bad gzip"), what="x").transient
     tls = e.error_from_transport(
         httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] nope"), what="x"
     )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from apex_metrics import db
 from apex_metrics.exceptions import (
@@ -15,6 +19,7 @@ from apex_metrics.exceptions import (
     DatabaseError,
     DatabaseMissing,
     DatabaseUnreachable,
+    SchemaNotMigrated,
 )
 from apex_metrics.testing import free_port
 
@@ -148,9 +153,34 @@ async def test_url_comes_from_the_environment(
 
 
 async def test_pool_checks_the_schema(empty_database_url: str) -> None:
-    with pytest.raises(db.SchemaNotMigrated):
+    with pytest.raises(SchemaNotMigrated):
         async with db.open_pool(empty_database_url):
             pass
+
+
+async def test_wrapping_pool_raises_driver_errors(database_url: str) -> None:
+    async with db.open_pool(database_url, wrap_errors=True) as pool:
+        with pytest.raises(db.DriverError, match="apex_no_such_table") as info:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT * FROM apex_no_such_table")
+        assert isinstance(info.value.__cause__, psycopg.errors.UndefinedTable)
+        async with pool.connection() as conn:  # the connection went back to the pool, usable
+            assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+
+
+async def test_create_database_once_then_finds_it(admin_url: str) -> None:
+    name = f"apex_t{os.getpid()}_{uuid.uuid4().hex[:8]}"  # dropped by conftest if left behind
+    try:
+        url = await db.create_database(admin_url, name, connect_timeout=3)
+        assert url == admin_url.rsplit("/", 1)[0] + "/" + name
+        assert await db.create_database(admin_url, name) == url
+        async with await db.connect(url):
+            pass
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    with pytest.raises(DatabaseUnreachable):
+        await db.create_database(f"postgresql://postgres@127.0.0.1:{free_port()}/x", name)
 
 
 def test_describe_hides_the_password() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -131,3 +132,63 @@ def _clean_environment(
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+# --- tiers -------------------------------------------------------------------------------------
+# unit: marked explicitly (logic alone); e2e: runs our commands or third-party servers as
+# subprocesses, or drives the browser; integration: everything else (real PostgreSQL, the
+# emulator over loopback HTTP, in this process). `pytest -m unit|integration|e2e` picks one.
+
+# Modules whose tests run subprocesses (our CLI, the demo, the emulator, nginx/Caddy) or Chromium.
+E2E_MODULES = frozenset(
+    {
+        "collect/test_collect_e2e.py",
+        "dataverse/test_certificate_signin.py",
+        "dataverse/test_emulator_http.py",
+        "demo/test_cli_ux.py",
+        "demo/test_demo.py",
+        "demo/test_verify.py",
+        "emulator/test_cli.py",
+        "foundation/test_cli.py",
+        "panel/test_browser.py",
+        "panel/test_browser_layout.py",
+        "panel/test_proxy_live.py",
+        "sync/test_cli.py",
+        "sync/test_reliability.py",
+    }
+)
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("unit") is not None:
+            continue
+        module = os.path.relpath(str(item.path), _TESTS).replace(os.sep, "/")
+        if module in E2E_MODULES or item.get_closest_marker("browser") is not None:
+            item.add_marker(pytest.mark.e2e)
+        else:
+            item.add_marker(pytest.mark.integration)
+
+
+class NetworkInUnitTest(ConnectionError):
+    """A unit test tried to reach a server: it belongs to the integration or e2e tier. (An
+    OSError, so that code opening the socket closes it as after a refused connection.)"""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_reach_no_server(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the unit marker, opening a socket connection or a PostgreSQL connection raises."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise NetworkInUnitTest(f"{request.node.nodeid} is a unit test: it reaches no server")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(psycopg, "connect", refuse)
+    monkeypatch.setattr(psycopg.Connection, "connect", refuse)
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", refuse)

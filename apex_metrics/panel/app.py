@@ -57,7 +57,7 @@ class PanelConfig:
     token: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    watch_interval: float | None = None  # default: 0.5 s on postgres, 1 s on dataverse
+    watch_interval: float | None = None  # default: 0.25 s on postgres, 1 s on dataverse
     use_rollup: bool = True
     refresh_rollup: bool = True  # run the rollup refresher (apex_metrics.rollup) in this process
     dataverse_options: dict[str, Any] = field(default_factory=dict)  # e.g. a test transport
@@ -162,13 +162,13 @@ def create_app(
                 source.watermark,
                 source.last_run_at,
                 broadcaster,
-                interval=config.watch_interval or (0.5 if config.source == "postgres" else 1.0),
+                interval=config.watch_interval or (0.25 if config.source == "postgres" else 1.0),
                 wake=wake,
             )
             tasks = [asyncio.create_task(watcher.run(), name="panel-watcher")]
             if config.source == "postgres" and config.database_url:
-                # New and changed runs NOTIFY apex_metrics_pending (the sync engine's channel):
-                # an early wake; the watcher's polling covers deletes and everything else.
+                # New and changed runs NOTIFY apex_metrics_pending while a sync engine sleeps
+                # (the doorbell): an early wake; the watcher's polling covers the rest.
                 tasks.append(
                     asyncio.create_task(
                         listen(config.database_url, "apex_metrics_pending", wake),

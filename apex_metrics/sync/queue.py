@@ -44,9 +44,9 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """The counts of one batch: its row of ``sync_runs`` (``throttled`` counts rows given back
-    because of a 429). Not ``worker.EngineStats``: those are a process's totals, where
-    ``throttled`` counts 429 answers, with batches, requests, lost leases and errors besides."""
+    """What became of the rows of one batch (its row of ``sync_runs``; ``throttled`` counts
+    rows given back because of a 429), or of many: ``worker.EngineStats.rows`` is the sum of a
+    process's batches (``+``)."""
 
     created: int = 0
     updated: int = 0
@@ -56,6 +56,18 @@ class RunSummary:
     requeued: int = 0
     throttled: int = 0
     error: str | None = None
+
+    def __add__(self, other: RunSummary) -> RunSummary:
+        """The counts of both (a sum has no single error)."""
+        return RunSummary(
+            created=self.created + other.created,
+            updated=self.updated + other.updated,
+            upserted=self.upserted + other.upserted,
+            failed=self.failed + other.failed,
+            dead_lettered=self.dead_lettered + other.dead_lettered,
+            requeued=self.requeued + other.requeued,
+            throttled=self.throttled + other.throttled,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,24 +53,44 @@ class WorkerConfig:
 
 @dataclass(slots=True)
 class EngineStats:
-    """What this process did (the report of ``sync --once``): the sum of its batches'
-    ``RunSummary`` values (``_account``), except ``throttled``, which counts 429 answers here
-    and rows given back in a run; plus what no ``RunSummary`` holds (batches, requests, rows
-    claimed, lost leases, database errors, the latest dead keys)."""
+    """What this process did (the report of ``sync --once``): ``rows``, the sum of its batches'
+    ``RunSummary`` (one type for what became of rows, per batch or per process), plus what is
+    the process's alone: batches, requests, rows claimed, 429 answers (``throttled``; a run's
+    ``throttled`` counts the rows it gave back), lost leases, database errors, the latest dead
+    keys."""
 
     batches: int = 0
     requests: int = 0
     claimed: int = 0
-    created: int = 0
-    updated: int = 0
-    upserted: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    requeued: int = 0
-    throttled: int = 0
+    rows: RunSummary = field(default_factory=RunSummary)
+    throttled: int = 0  # 429 answers
     lost_lease: int = 0
     db_errors: int = 0
     dead_keys: list[str] = field(default_factory=list)
+
+    @property
+    def created(self) -> int:
+        return self.rows.created
+
+    @property
+    def updated(self) -> int:
+        return self.rows.updated
+
+    @property
+    def upserted(self) -> int:
+        return self.rows.upserted
+
+    @property
+    def failed(self) -> int:
+        return self.rows.failed
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.rows.dead_lettered
+
+    @property
+    def requeued(self) -> int:
+        return self.rows.requeued
 
     @property
     def delivered(self) -> int:
@@ -361,12 +381,7 @@ class Worker:
     def _account(self, settled: Settled) -> None:
         """Add a settled batch to this process's totals and to the metrics."""
         run, s = settled.run, self.stats
-        s.created += run.created
-        s.updated += run.updated
-        s.upserted += run.upserted
-        s.failed += run.failed
-        s.dead_lettered += settled.dead
-        s.requeued += settled.requeued
+        s.rows = s.rows + run
         s.lost_lease += settled.lost_lease
         for outcome, count in (
             ("created", run.created),

@@ -222,6 +222,7 @@ def test_dataverse_source_shows_synced_runs_live(
             assert tab.text_content("#source") == "source: dataverse"
             check_tiles(h, tab, seeded_url, None, None)
             assert tab.text_content("#sync-dead") == "0"
+            assert tab.text_content("#sync-retrying") == "0"
             assert tab.text_content("#sync-runs tbody tr:first-child td:last-child") == "ok"
 
             insert_run(h, seeded_url, "synced-live-run")

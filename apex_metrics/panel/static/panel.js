@@ -238,6 +238,7 @@
     tick();
     const dash = (v) => (v === null || v === undefined ? "–" : fmt(v));
     $("sync-pending").textContent = dash(data.pending);
+    $("sync-retrying").textContent = dash(data.retrying);
     $("sync-inflight").textContent = dash(data.in_flight);
     $("sync-dead").textContent = dash(data.dead);
     $("sync-lag").textContent = data.lag_seconds === null || data.lag_seconds === undefined ? "–" : ago(data.lag_seconds).replace(" ago", "");

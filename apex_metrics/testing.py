@@ -6,7 +6,7 @@
 With ``tls=True`` it serves https with a certificate from a throw-away test CA (trustme) and
 ``emu.ca_file`` is the CA's PEM file, to give to clients (``verify=``, ``REQUESTS_CA_BUNDLE``).
 ``emulator_process`` runs ``apex-metrics emulator`` in a process of its own (benchmarks).
-``free_port`` (``apex_metrics.ops.serving``) and ``tls_files`` (``apex_metrics.emulator.serve``,
+``free_port`` (``apex_metrics.ports``) and ``tls_files`` (``apex_metrics.emulator.serve``,
 which ``emulator --tls`` uses) live with the code that needs them and are re-exported for tests.
 The sync engine's fake sink is ``apex_metrics.sync.fakes``.
 """
@@ -29,7 +29,7 @@ import uvicorn
 
 from apex_metrics.emulator import CostModel, EmulatorConfig, create_app
 from apex_metrics.emulator.serve import tls_files
-from apex_metrics.ops.serving import free_port
+from apex_metrics.ports import free_port
 
 __all__ = ["RunningEmulator", "emulator_process", "free_port", "running_emulator", "tls_files"]
 

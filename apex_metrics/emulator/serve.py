@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from apex_metrics.emulator.app import create_app
 from apex_metrics.emulator.assertions import thumbprints
 from apex_metrics.emulator.config import EmulatorConfig
 from apex_metrics.emulator.errors import EmulatorError
+from apex_metrics.ports import check_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,20 +100,6 @@ def tls_files(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Pat
     return ca_file, cert_file, key_file
 
 
-def _check_port(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise EmulatorError(
-                    f"port {port} on {host} is already in use", hint="pick another with --port"
-                ) from None
-            raise EmulatorError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
 async def serve(
     config: EmulatorConfig,
     host: str,
@@ -126,7 +111,7 @@ async def serve(
     """Serve until interrupted; ``announce`` gets the environment URL before serving."""
     if not 0 < port < 65536:
         raise EmulatorError(f"invalid port {port}", hint="use 1-65535")
-    _check_port(host, port)
+    check_port(host, port, error=EmulatorError, in_use_hint="pick another with --port")
     storage = str(config.db_path) if config.db_path else "memory"
     with tempfile.TemporaryDirectory(prefix="apex-emulator-tls-") as tmp:
         ssl: dict[str, str] = {}

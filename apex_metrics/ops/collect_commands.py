@@ -6,7 +6,8 @@ from typing import Annotated
 
 from apex_metrics.ops.options import DatabaseUrlOption, setting_option, settings_with
 from apex_metrics.ops.output import console
-from apex_metrics.ops.serving import check_port, serve_or_fail
+from apex_metrics.ops.serving import serve_or_fail
+from apex_metrics.ports import check_port
 
 
 def collect_command(

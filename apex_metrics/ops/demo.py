@@ -43,7 +43,7 @@ from apex_metrics.exceptions import (
     DatabaseUnreachable,
 )
 from apex_metrics.ops.embedded_pg import EmbeddedPostgres
-from apex_metrics.ops.serving import free_port
+from apex_metrics.ports import free_port
 from apex_metrics.settings import Settings
 
 if TYPE_CHECKING:

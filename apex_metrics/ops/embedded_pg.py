@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from apex_metrics.exceptions import ApexMetricsError
-from apex_metrics.ops.serving import free_port
+from apex_metrics.ports import free_port
 
 SYSTEM_USER = "apex-metrics-pg"
 

@@ -12,7 +12,8 @@ from apex_metrics.ops.options import (
     setting_option,
     settings_with,
 )
-from apex_metrics.ops.serving import check_port, serve_or_fail
+from apex_metrics.ops.serving import serve_or_fail
+from apex_metrics.ports import check_port
 
 
 def panel_command(

@@ -278,28 +278,33 @@ def test_one_refresher_at_a_time(conn: psycopg.Connection[Any], database_url: st
 # --- upgrading a populated database --------------------------------------------------------------
 
 
+def migrate_before(c: psycopg.Connection[Any], version: int, *, runs: int) -> None:
+    """Apply the migrations older than ``version`` as ``db migrate`` would, then add ``runs``
+    runs spread back from BASE every 13 minutes (5 campaigns, 3 phases)."""
+    c.execute(load_queries("queries.sql")["create_migrations_table"])
+    for m in load_migrations():
+        if m.version >= version:
+            break
+        with c.transaction():
+            c.execute(m.sql)
+            c.execute(
+                "INSERT INTO apex_metrics_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (m.version, m.name, db.checksum(m.sql)),
+            )
+    c.execute(
+        "INSERT INTO campaign_metrics (campaign_id, run_id, phase, cost_usd, latency_p95_ms,"
+        " created_at) SELECT 'c' || g %% 5, 'u' || g, (g %% 3)::text, g, g %% 900,"
+        " %s - g * interval '13 minutes' FROM generate_series(1, %s) g",
+        (BASE, runs),
+    )
+
+
 async def test_upgrade_from_the_old_triggers_rebuilds_the_rollups(
     empty_database_url: str,
 ) -> None:
     url = empty_database_url
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute(load_queries("queries.sql")["create_migrations_table"])
-        for m in load_migrations():
-            if m.version >= 9:
-                break
-            with c.transaction():
-                c.execute(m.sql)
-                c.execute(
-                    "INSERT INTO apex_metrics_migrations (version, name, checksum)"
-                    " VALUES (%s, %s, %s)",
-                    (m.version, m.name, db.checksum(m.sql)),
-                )
-        c.execute(
-            "INSERT INTO campaign_metrics (campaign_id, run_id, phase, cost_usd, latency_p95_ms,"
-            " created_at) SELECT 'c' || g %% 5, 'u' || g, (g %% 3)::text, g, g %% 900,"
-            " %s - g * interval '13 minutes' FROM generate_series(1, 3000) g",
-            (BASE,),
-        )
+        migrate_before(c, 9, runs=3000)
         assert c.execute("SELECT count(*) FROM apex_metrics_panel_rollup").fetchone() != (0,)
     report = await db.migrate(url)
     assert [n for n in report.applied if n.startswith("0009")]
@@ -385,23 +390,7 @@ async def test_upgrade_to_the_campaign_histogram_builds_it_once(empty_database_u
     catch-up fills the campaign histogram (the other rollups' deltas are zero)."""
     url = empty_database_url
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute(load_queries("queries.sql")["create_migrations_table"])
-        for m in load_migrations():
-            if m.version >= 12:
-                break
-            with c.transaction():
-                c.execute(m.sql)
-                c.execute(
-                    "INSERT INTO apex_metrics_migrations (version, name, checksum)"
-                    " VALUES (%s, %s, %s)",
-                    (m.version, m.name, db.checksum(m.sql)),
-                )
-        c.execute(
-            "INSERT INTO campaign_metrics (campaign_id, run_id, phase, cost_usd, latency_p95_ms,"
-            " created_at) SELECT 'c' || g %% 5, 'u' || g, (g %% 3)::text, g, g %% 900,"
-            " %s - g * interval '13 minutes' FROM generate_series(1, 2000) g",
-            (BASE,),
-        )
+        migrate_before(c, 12, runs=2000)
         while refresh(c, 500):
             pass
         assert c.execute("SELECT to_regclass('apex_metrics_panel_campaign_created')").fetchone()

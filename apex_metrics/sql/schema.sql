@@ -98,10 +98,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(7021223386791898220);  -- "apexbell"
-    IF NOT EXISTS (SELECT 1 FROM sync_processes WHERE asleep_since IS NOT NULL) THEN
-        RETURN NULL;
-    END IF;
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(id) INTO ids
         FROM (SELECT id FROM apex_new_rows WHERE exported_version < version LIMIT 301) s;
@@ -113,6 +109,11 @@ BEGIN
         ) s;
     END IF;
     IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- Rows became pending: ring only if an engine sleeps (the lock lets it fence this writer).
+    PERFORM pg_advisory_xact_lock_shared(7021223386791898220);  -- "apexbell"
+    IF NOT EXISTS (SELECT 1 FROM sync_processes WHERE asleep_since IS NOT NULL) THEN
         RETURN NULL;
     ELSIF cardinality(ids) > 300 THEN
         PERFORM pg_notify('apex_metrics_pending', '{"more": true}');

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -128,22 +128,36 @@ def metric_params(metric: Metric) -> dict[str, Any]:
     return {name: getattr(metric, name) for name in FIELD_NAMES}
 
 
-def validate_many(items: Iterable[MetricInput]) -> list[Metric]:
-    """Validate every item (numbered from 1 as "line"); repeated run ids are errors too."""
-    metrics: list[Metric] = []
-    errors: list[FieldError] = []
+def _checked(
+    items: Iterable[MetricInput],
+    parse: Callable[[MetricInput, int], tuple[str, T]],
+    errors: list[FieldError],
+) -> Iterator[tuple[str, T]]:
+    """``(run_id, parse(item))`` of each valid item (numbered from 1 as "line"); the errors of
+    the others, and a repeated run id, go to ``errors``."""
     seen: dict[str, int] = {}
     for number, item in enumerate(items, start=1):
         try:
-            metric = to_metric(item, line=number)
+            run_id, value = parse(item, number)
         except MetricValidationError as exc:
             errors.extend(exc.errors)
             continue
-        first = seen.setdefault(metric.run_id, number)
+        first = seen.setdefault(run_id, number)
         if first != number:
             errors.append(FieldError("run_id", f"repeats the run id of item {first}", number))
             continue
-        metrics.append(metric)
+        yield run_id, value
+
+
+def _metric(item: MetricInput, number: int) -> tuple[str, Metric]:
+    metric = to_metric(item, line=number)
+    return metric.run_id, metric
+
+
+def validate_many(items: Iterable[MetricInput]) -> list[Metric]:
+    """Validate every item (numbered from 1 as "line"); repeated run ids are errors too."""
+    errors: list[FieldError] = []
+    metrics = [metric for _, metric in _checked(items, _metric, errors)]
     if errors:
         raise MetricValidationError(errors)
     return metrics
@@ -400,28 +414,19 @@ class Recorder:
         invalid item (repeated run ids too), with nothing written."""
         if not items:
             return BulkResult(0, 0)
-        parser = RunLines()
         errors: list[FieldError] = []
-        seen: dict[str, int] = {}
+        run_ids: list[str] = []  # of the lines yielded so far
 
         def batches() -> Iterator[str]:
             batch: list[str] = []
-            for number, item in enumerate(items, start=1):
-                try:
-                    run_id, line = parser.parse(item, number)
-                except MetricValidationError as exc:
-                    errors.extend(exc.errors)
+            for run_id, line in _checked(items, RunLines().parse, errors):
+                if errors:  # after an error nothing is written: only look for more
                     continue
-                first = seen.setdefault(run_id, number)
-                if first != number:
-                    errors.append(
-                        FieldError("run_id", f"repeats the run id of item {first}", number)
-                    )
-                elif not errors:  # after an error nothing is written: only look for more
-                    batch.append(line)
-                    if len(batch) >= STREAM_ROWS:
-                        yield "".join(batch)
-                        batch.clear()
+                run_ids.append(run_id)
+                batch.append(line)
+                if len(batch) >= STREAM_ROWS:
+                    yield "".join(batch)
+                    batch.clear()
             if batch and not errors:
                 yield "".join(batch)
 
@@ -433,7 +438,7 @@ class Recorder:
         try:
             async with self.pool.connection(timeout=timeout) as conn, conn.transaction():
                 inserted, updated = await bulk.load(
-                    conn, batches(), lambda: bulk.sample(list(seen)), check
+                    conn, batches(), lambda: bulk.sample(run_ids), check
                 )
         except psycopg.Error as exc:
             raise wrap_query_error(exc, describe(self._url or "")) from exc
